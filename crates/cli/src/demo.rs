@@ -1,0 +1,238 @@
+//! `strata demo`: a throwaway server, exercised end to end, narrated.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Client, Problem};
+use crate::server::{ServeArgs, start};
+
+/// Arguments of `strata demo`.
+#[derive(Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// Keep the demo's data in this folder (default: a temporary folder, removed after).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn step(n: u32, what: &str) {
+    println!("\n{n}. {what}");
+}
+
+fn show(label: &str, v: impl std::fmt::Display) {
+    println!("   {label:<22} {v}");
+}
+
+fn refused(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<Problem>() {
+        Some(p) => format!("refused: {} {} — {}", p.status, p.code, p.detail),
+        None => format!("failed: {e:#}"),
+    }
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let temp = tempfile::tempdir().context("cannot make a temporary folder")?;
+    let data_dir = args.data_dir.unwrap_or_else(|| temp.path().join("strata-data"));
+    let serve = ServeArgs {
+        data_dir: data_dir.clone(),
+        database: None,
+        listen: "127.0.0.1:0".parse().expect("a literal socket address parses"),
+        max_body_bytes: 1024 * 1024,
+        log_json: false,
+    };
+    let (running, server) = start(&serve).await?;
+    let url = running.url();
+    tokio::spawn(async move { server.await });
+    println!("Strata demo: a server on {url}, data in {}", data_dir.display());
+    let admin = Client::new(&url, &running.admin_token);
+
+    step(1, "Register two agents with capability manifests (admin token)");
+    let summarizer = admin
+        .post(
+            "/v1/agents",
+            &json!({
+                "name": "summarizer",
+                "capabilities": [{
+                    "name": "summarize", "version": "1", "description": "Summarize a text",
+                    "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+                    "output_schema": {"type": "object", "properties": {"summary": {"type": "string"}}}
+                }],
+                "labels": {"team": "research"}
+            }),
+        )
+        .await?;
+    let reviewer = admin
+        .post(
+            "/v1/agents",
+            &json!({"name": "reviewer", "capabilities": [{"name": "review"}]}),
+        )
+        .await?;
+    let s_id = summarizer["id"].as_str().unwrap_or_default().to_string();
+    let r_id = reviewer["id"].as_str().unwrap_or_default().to_string();
+    show(
+        "summarizer",
+        format!("{s_id}  {}", summarizer["did"].as_str().unwrap_or_default()),
+    );
+    show(
+        "reviewer",
+        format!("{r_id}  {}", reviewer["did"].as_str().unwrap_or_default()),
+    );
+    let s_agent = admin.with_token(summarizer["token"].as_str().unwrap_or_default());
+    let r_agent = admin.with_token(reviewer["token"].as_str().unwrap_or_default());
+
+    step(2, "An agent reads the registry with its own token");
+    let list = s_agent.get("/v1/agents").await?;
+    show("agents visible", list["items"].as_array().map_or(0, Vec::len));
+    let got = s_agent.get(&format!("/v1/agents/{r_id}")).await?;
+    show(
+        "reviewer offers",
+        got["capabilities"][0]["name"].as_str().unwrap_or("-"),
+    );
+
+    step(3, "Policy: an agent may not delete another agent");
+    let denied = s_agent.delete(&format!("/v1/agents/{r_id}")).await;
+    show(
+        "DELETE as summarizer",
+        denied
+            .map(|_| "allowed (unexpected)".to_string())
+            .unwrap_or_else(|e| refused(&e)),
+    );
+
+    step(
+        4,
+        "Scoped tokens: the summarizer mints itself a read-one-agent token",
+    );
+    let narrow = s_agent
+        .post(
+            &format!("/v1/agents/{s_id}/tokens"),
+            &json!({"scopes": ["agent.get"], "expires_in": 600}),
+        )
+        .await?;
+    show(
+        "token",
+        format!(
+            "{} scopes={} expires {}",
+            narrow["id"].as_str().unwrap_or_default(),
+            narrow["scopes"],
+            narrow["expires_at"].as_str().unwrap_or("-")
+        ),
+    );
+    let narrow_client = admin.with_token(narrow["token"].as_str().unwrap_or_default());
+    show(
+        "agent.get with it",
+        narrow_client
+            .get(&format!("/v1/agents/{s_id}"))
+            .await
+            .map(|_| "ok".to_string())
+            .unwrap_or_else(|e| refused(&e)),
+    );
+    show(
+        "agent.list with it",
+        narrow_client
+            .get("/v1/agents")
+            .await
+            .map(|_| "allowed (unexpected)".to_string())
+            .unwrap_or_else(|e| refused(&e)),
+    );
+
+    step(
+        5,
+        "Idempotency: a retried create returns the first response, no second agent",
+    );
+    let body = json!({"name": "translator", "capabilities": [{"name": "translate"}]});
+    let first = admin
+        .send(
+            Method::POST,
+            "/v1/agents",
+            Some(&body),
+            Some("create-translator-1"),
+        )
+        .await?;
+    let again = admin
+        .send(
+            Method::POST,
+            "/v1/agents",
+            Some(&body),
+            Some("create-translator-1"),
+        )
+        .await?;
+    show("first id", first["id"].as_str().unwrap_or_default());
+    show(
+        "retry id",
+        format!(
+            "{} (same: {})",
+            again["id"].as_str().unwrap_or_default(),
+            first["id"] == again["id"]
+        ),
+    );
+    let other = json!({"name": "translator-2"});
+    let reused = admin
+        .send(
+            Method::POST,
+            "/v1/agents",
+            Some(&other),
+            Some("create-translator-1"),
+        )
+        .await;
+    show(
+        "same key, new body",
+        reused
+            .map(|_| "accepted (unexpected)".to_string())
+            .unwrap_or_else(|e| refused(&e)),
+    );
+
+    step(6, "Bad input gets a clear problem, never a 500");
+    let bad = admin
+        .post("/v1/agents", &json!({"name": "x", "capabilites": []}))
+        .await;
+    show(
+        "misspelt field",
+        bad.map(|_| "accepted (unexpected)".to_string())
+            .unwrap_or_else(|e| refused(&e)),
+    );
+    let bad = admin.post("/v1/agents", &json!({"name": 42})).await;
+    show(
+        "wrong type",
+        bad.map(|_| "accepted (unexpected)".to_string())
+            .unwrap_or_else(|e| refused(&e)),
+    );
+
+    step(7, "Deleting an agent revokes its tokens at once");
+    admin.delete(&format!("/v1/agents/{r_id}")).await?;
+    show(
+        "reviewer's token now",
+        r_agent
+            .get("/v1/agents")
+            .await
+            .map(|_| "works (unexpected)".to_string())
+            .unwrap_or_else(|e| refused(&e)),
+    );
+
+    step(
+        8,
+        "Every change is in the hash-chained audit log and the event log",
+    );
+    let audit = admin.get("/v1/audit?limit=1000").await?;
+    for e in audit["items"].as_array().into_iter().flatten() {
+        println!(
+            "   #{:<3} {:<20} {:<34} {:<30} {}",
+            e["seq"],
+            e["syscall"].as_str().unwrap_or(""),
+            e["principal"].as_str().unwrap_or(""),
+            e["resource"].as_str().unwrap_or(""),
+            e["outcome"].as_str().unwrap_or("")
+        );
+    }
+    let verify: Value = admin.get("/v1/audit/verify").await?;
+    show("audit verify", verify);
+    let events = admin.get("/v1/events?limit=1000").await?;
+    show("events", events["items"].as_array().map_or(0, Vec::len));
+
+    println!("\nDone. Run `strata serve` to keep a server, and `strata --help` for the rest.");
+    running.kernel.store().close().await;
+    Ok(ExitCode::SUCCESS)
+}

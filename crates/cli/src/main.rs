@@ -1,0 +1,109 @@
+//! `strata`: the server and its command-line client. Glue code: it parses
+//! arguments and calls the libraries.
+
+mod audit;
+mod bench;
+mod client;
+mod demo;
+mod output;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Strata: system calls for AI agents — identity, audit and governance for every action.
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the Strata server.
+    Serve(server::ServeArgs),
+    /// Start a throwaway server, exercise the syscall pipeline and print what happened.
+    Demo(demo::DemoArgs),
+    /// Measure the server.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Inspect and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Register, list, inspect and delete agents.
+    #[command(subcommand)]
+    Agent(client::AgentCommand),
+    /// Mint and revoke bearer tokens.
+    #[command(subcommand)]
+    Token(client::TokenCommand),
+}
+
+/// How the client reaches a server.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Conn {
+    /// Server URL.
+    #[arg(long, env = "STRATA_URL", default_value = "http://127.0.0.1:7433")]
+    url: String,
+    /// Bearer token. When unset and the server is local, `<data-dir>/admin.token` is read.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data folder whose admin.token to use when no token is given.
+    #[arg(long, env = "STRATA_DATA_DIR", default_value = "./strata-data")]
+    data_dir: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Table)]
+    output: output::Format,
+}
+
+fn init_logs(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                init_logs(args.log_json, "info,sqlx=warn");
+                server::serve(args).await
+            }
+            Command::Demo(args) => {
+                init_logs(false, "warn");
+                demo::run(args).await
+            }
+            Command::Bench(cmd) => {
+                init_logs(false, "warn");
+                bench::run(cmd).await
+            }
+            Command::Audit(cmd) => audit::run(cmd).await,
+            Command::Agent(cmd) => client::agent(cmd).await,
+            Command::Token(cmd) => client::token(cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

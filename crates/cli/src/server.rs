@@ -1,0 +1,205 @@
+//! `strata serve`, and the in-process server that `demo` and `bench` start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use strata_core::MasterKey;
+use strata_kernel::{Config, Kernel};
+use strata_store::{Options, Store};
+
+/// Arguments of `strata serve`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ServeArgs {
+    /// Folder for the embedded database, the admin token and the master key.
+    #[arg(long, env = "STRATA_DATA_DIR", default_value = "./strata-data")]
+    pub(crate) data_dir: PathBuf,
+    /// Use this PostgreSQL database instead of the embedded SQLite (postgres://…).
+    #[arg(long, env = "STRATA_DATABASE_URL")]
+    pub(crate) database: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "STRATA_LISTEN", default_value = "127.0.0.1:7433")]
+    pub(crate) listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "STRATA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub(crate) max_body_bytes: usize,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub(crate) log_json: bool,
+}
+
+/// A running server.
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
+    pub(crate) kernel: Kernel,
+    pub(crate) admin_token: String,
+    _lock: std::fs::File,
+}
+
+impl Running {
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (running, server) = start(&args).await?;
+    tracing::info!(url = %running.url(), data_dir = %args.data_dir.display(), "strata is serving");
+    eprintln!(
+        "strata listening on {} (admin token in {})",
+        running.url(),
+        args.data_dir.join("admin.token").display()
+    );
+    server
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    running.kernel.store().close().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+type Server = axum::serve::Serve<tokio::net::TcpListener, axum::Router, axum::Router>;
+
+/// Prepares the data folder, opens the store, builds the kernel and binds.
+pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)> {
+    let dir = &args.data_dir;
+    create_private_dir(dir)?;
+    let lock = lock_data_dir(dir)?;
+    let master_key = master_key(dir)?;
+    let url = match &args.database {
+        Some(url) => url.clone(),
+        None => strata_store::sqlite_url(dir),
+    };
+    let store = Store::open(Options::new(&url), strata_kernel::MIGRATIONS)
+        .await
+        .with_context(|| format!("cannot open the store at {}", redact(&url)))?;
+    let kernel = Kernel::new(store, Config::new(master_key));
+    let token_path = dir.join("admin.token");
+    let made = kernel
+        .bootstrap_admin_token(|t| {
+            write_private(&token_path, t).map_err(|e| strata_core::Error::internal(format!("{e:#}")))
+        })
+        .await?;
+    if made {
+        tracing::info!(path = %token_path.display(), "wrote a new admin token");
+    }
+    let admin_token = std::fs::read_to_string(&token_path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let app = strata_api::router(
+        kernel.clone(),
+        strata_api::Options {
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
+    let server = axum::serve(listener, app);
+    Ok((
+        Running {
+            addr,
+            kernel,
+            admin_token,
+            _lock: lock,
+        },
+        server,
+    ))
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Holds an exclusive lock on the data folder so two servers never share it.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("strata.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!(
+                "another strata server is using {} (its lock is held)",
+                dir.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the data folder"),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The master key from `STRATA_MASTER_KEY`, else `<data-dir>/master.key`,
+/// created on first start.
+fn master_key(dir: &Path) -> anyhow::Result<MasterKey> {
+    if let Ok(hex) = std::env::var("STRATA_MASTER_KEY") {
+        return MasterKey::from_hex(&hex).map_err(|e| anyhow::anyhow!("STRATA_MASTER_KEY: {e}"));
+    }
+    let path = dir.join("master.key");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => MasterKey::from_hex(&s).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = MasterKey::generate();
+            write_private(&path, &key.to_hex())?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}

@@ -1,0 +1,124 @@
+//! Errors that reach a user, and the one table of their codes.
+//!
+//! Every failure a caller can see carries an [`ErrorCode`]: a stable snake_case
+//! `code`, an HTTP status and a title. The HTTP adapter renders it as RFC 9457
+//! `application/problem+json`; the MCP adapter as a tool error with the same code.
+//! Add a code here, never inline a status elsewhere.
+
+use std::fmt;
+
+/// Shorthand for results whose error reaches a user.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! codes {
+    ($($variant:ident = $code:literal, $status:literal, $title:literal;)*) => {
+        /// A stable problem code. The string form never changes once published.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode { $(#[doc = $title] $variant,)* }
+
+        impl ErrorCode {
+            /// Every code, in table order (for documentation and OpenAPI).
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The stable snake_case name.
+            pub fn as_str(self) -> &'static str { match self { $(ErrorCode::$variant => $code,)* } }
+
+            /// The HTTP status this code is served with.
+            pub fn status(self) -> u16 { match self { $(ErrorCode::$variant => $status,)* } }
+
+            /// A short human title, the same for every occurrence of the code.
+            pub fn title(self) -> &'static str { match self { $(ErrorCode::$variant => $title,)* } }
+
+            /// Looks a code up by its stable name.
+            pub fn parse(s: &str) -> Option<ErrorCode> { match s { $($code => Some(ErrorCode::$variant),)* _ => None } }
+        }
+    };
+}
+
+codes! {
+    InvalidJson = "invalid_json", 400, "The request body is not valid JSON.";
+    InvalidRequest = "invalid_request", 400, "The request does not match the syscall's schema.";
+    InvalidIdempotencyKey = "invalid_idempotency_key", 400, "The Idempotency-Key header is empty, too long or not printable ASCII.";
+    InvalidScope = "invalid_scope", 400, "A token scope names no syscall or is wider than the caller's own.";
+    Unauthenticated = "unauthenticated", 401, "No valid bearer token was presented.";
+    TokenExpired = "token_expired", 401, "The bearer token has expired.";
+    TokenRevoked = "token_revoked", 401, "The bearer token has been revoked.";
+    Forbidden = "forbidden", 403, "The caller may not perform this syscall on this resource.";
+    NotFound = "not_found", 404, "The resource does not exist.";
+    RouteNotFound = "route_not_found", 404, "No syscall is served at this path.";
+    MethodNotAllowed = "method_not_allowed", 405, "The path exists but not with this HTTP method.";
+    Conflict = "conflict", 409, "The request conflicts with the current state.";
+    AgentNameTaken = "agent_name_taken", 409, "Another live agent already has this name.";
+    IdempotencyKeyReused = "idempotency_key_reused", 409, "The Idempotency-Key was already used with a different request.";
+    PayloadTooLarge = "payload_too_large", 413, "The request body exceeds the configured limit.";
+    UnsupportedMediaType = "unsupported_media_type", 415, "The request body must be application/json.";
+    Unavailable = "unavailable", 503, "The store is unreachable or the server is shutting down.";
+    Internal = "internal", 500, "An unexpected error; the server log has details.";
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error that reaches a user: a code plus a detail that says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Error {
+    /// The stable problem code.
+    pub code: ErrorCode,
+    /// A sentence about this occurrence, naming the field or id at fault.
+    pub detail: String,
+}
+
+impl Error {
+    /// An error with `code` and `detail`.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Error {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// `not_found` for a resource `kind` with `id`.
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Error::new(ErrorCode::NotFound, format!("{kind} '{id}' does not exist"))
+    }
+
+    /// `invalid_request` naming a field.
+    pub fn invalid(field: &str, why: impl fmt::Display) -> Self {
+        Error::new(ErrorCode::InvalidRequest, format!("{field}: {why}"))
+    }
+
+    /// `forbidden` with a reason.
+    pub fn forbidden(why: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Forbidden, why)
+    }
+
+    /// `internal`; the detail is logged by the caller and kept generic for users.
+    pub fn internal(why: impl fmt::Display) -> Self {
+        Error::new(ErrorCode::Internal, why.to_string())
+    }
+
+    /// The HTTP status of this error's code.
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for &c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {c}");
+            assert!(c.as_str().chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+            assert!((400..600).contains(&c.status()));
+        }
+    }
+}

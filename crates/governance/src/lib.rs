@@ -1,0 +1,75 @@
+//! Governance (L7): the rules every syscall passes through, as data in the store.
+//!
+//! - [`audit`]: the append-only, hash-chained audit log and its verifier.
+//! - [`idempotency`]: stored responses keyed by `Idempotency-Key`, for exactly-once effects.
+//! - [`intent`]: intents recorded before external side effects, outcomes after.
+//! - [`policy`]: the authorization decision for a principal and a syscall.
+//!
+//! This crate owns the `gov_` tables. It knows nothing of HTTP and calls no layer.
+
+pub mod audit;
+pub mod idempotency;
+pub mod intent;
+pub mod policy;
+
+pub use audit::{AuditDraft, AuditEntry, Verification};
+pub use policy::{Policy, ScopePolicy};
+
+use strata_store::Migration;
+
+/// The governance tables.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    layer: "governance",
+    version: 1,
+    name: "audit chain, idempotency records, intents",
+    sqlite: SCHEMA,
+    postgres: SCHEMA,
+}];
+
+const SCHEMA: &str = "
+CREATE TABLE gov_audit (
+    seq BIGINT PRIMARY KEY,
+    at BIGINT NOT NULL,
+    principal TEXT NOT NULL,
+    syscall TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    request_digest TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE gov_audit_head (
+    id BIGINT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE gov_idempotency (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    syscall TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    response TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE gov_intents (
+    id TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    syscall TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    created_at BIGINT NOT NULL,
+    finished_at BIGINT
+);
+CREATE INDEX gov_intents_pending ON gov_intents (state, created_at);
+";
+
+/// A SHA-256 digest in lowercase hex.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}

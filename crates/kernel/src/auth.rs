@@ -1,0 +1,61 @@
+//! Authentication with a short-lived cache of verified tokens.
+//!
+//! Verifying a token is a hash and one indexed read; caching it for
+//! [`CACHE_TTL_MS`] saves that read on hot paths. Revocations and deletions made
+//! through this kernel clear the cache at once; on other replicas of a PostgreSQL
+//! deployment a revoked token stops working within the TTL.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use strata_core::{Error, ErrorCode, Principal, Result};
+use strata_identity::token::Verified;
+
+use crate::Kernel;
+
+/// How long a verified token is trusted without re-reading it.
+pub(crate) const CACHE_TTL_MS: i64 = 1000;
+const CACHE_MAX: usize = 50_000;
+
+#[derive(Default)]
+pub(crate) struct TokenCache(RwLock<HashMap<String, (Verified, i64)>>);
+
+impl TokenCache {
+    pub(crate) fn clear(&self) {
+        if let Ok(mut m) = self.0.write() {
+            m.clear();
+        }
+    }
+}
+
+impl Kernel {
+    /// Resolves a bearer token (without the `Bearer ` prefix) to a principal.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(Error::new(
+                ErrorCode::Unauthenticated,
+                "send a bearer token in the Authorization header",
+            ));
+        };
+        let now = self.now();
+        let cache = &self.inner.tokens.0;
+        if let Some((v, at)) = cache.read().ok().and_then(|m| m.get(token).cloned())
+            && now - at < CACHE_TTL_MS
+            && v.expires_at.is_none_or(|t| t > now)
+        {
+            return Ok(v.principal);
+        }
+        let v = self.inner.identity.authenticate(token).await?;
+        if let Ok(mut m) = cache.write() {
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+            m.insert(token.to_string(), (v.clone(), now));
+        }
+        Ok(v.principal)
+    }
+
+    pub(crate) fn forget_tokens(&self) {
+        self.inner.tokens.clear();
+    }
+}

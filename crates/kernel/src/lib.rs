@@ -1,0 +1,127 @@
+//! The kernel: the one way into Strata's layers.
+//!
+//! Every entry point — HTTP, MCP, the CLI, managed agents — hands the kernel a
+//! [`Request`] naming a syscall, and the kernel runs the same pipeline for all:
+//!
+//! ```text
+//! authenticate → authorize (policy) → idempotency check → budget check
+//!   → parse → layer plans the effect → (intent, effect, outcome, idempotency
+//!   record, audit entry, event: one transaction) → usage metered → reply
+//! ```
+//!
+//! Syscalls are declared in [`syscalls`], one module per layer, each a type
+//! implementing [`strata_core::Syscall`] plus [`Handler`]. The [`Registry`] built
+//! from them is what adapters read to derive HTTP routes, OpenAPI and MCP tools.
+
+mod auth;
+mod hooks;
+pub mod metrics;
+mod pipeline;
+mod registry;
+pub mod syscalls;
+
+pub use hooks::{BudgetHook, NoBudget, NoMeter, UsageMeter};
+pub use pipeline::{Reply, Request};
+pub use registry::{Action, Cx, Entry, Handler, Registry, WriteOp};
+
+use std::sync::Arc;
+
+use strata_core::{Clock, MasterKey, SystemClock};
+use strata_governance::{Policy, ScopePolicy};
+use strata_identity::Identity;
+use strata_store::{Migration, Store};
+
+/// Every layer's migrations, in dependency order.
+pub const MIGRATIONS: &[&[Migration]] = &[strata_governance::MIGRATIONS, strata_identity::MIGRATIONS];
+
+/// How to build a kernel.
+pub struct Config {
+    /// Seals private keys and secrets at rest.
+    pub master_key: MasterKey,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
+    /// The authorization policy.
+    pub policy: Arc<dyn Policy>,
+    /// Checked before every mutating syscall (no-op until the ledger lands).
+    pub budget: Arc<dyn BudgetHook>,
+    /// Told about every syscall's usage (no-op until the ledger lands).
+    pub meter: Arc<dyn UsageMeter>,
+}
+
+impl Config {
+    /// Defaults: the wall clock, scope policy, no budgets, no metering.
+    pub fn new(master_key: MasterKey) -> Config {
+        Config {
+            master_key,
+            clock: Arc::new(SystemClock),
+            policy: Arc::new(ScopePolicy),
+            budget: Arc::new(NoBudget),
+            meter: Arc::new(NoMeter),
+        }
+    }
+}
+
+/// The kernel; cheap to clone.
+#[derive(Clone)]
+pub struct Kernel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    master_key: MasterKey,
+    identity: Identity,
+    policy: Arc<dyn Policy>,
+    budget: Arc<dyn BudgetHook>,
+    meter: Arc<dyn UsageMeter>,
+    registry: Registry,
+    tokens: auth::TokenCache,
+    metrics: metrics::Metrics,
+}
+
+impl Kernel {
+    /// A kernel over an opened store (opened with [`MIGRATIONS`]).
+    pub fn new(store: Store, config: Config) -> Kernel {
+        let registry = syscalls::registry();
+        let metrics = metrics::Metrics::new(&registry);
+        Kernel {
+            inner: Arc::new(Inner {
+                identity: Identity::new(store.clone(), config.clock.clone(), config.master_key.clone()),
+                master_key: config.master_key,
+                store,
+                clock: config.clock,
+                policy: config.policy,
+                budget: config.budget,
+                meter: config.meter,
+                registry,
+                tokens: auth::TokenCache::default(),
+                metrics,
+            }),
+        }
+    }
+
+    /// The declared syscalls.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The identity layer.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// Per-syscall request counts and latencies.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+}

@@ -1,0 +1,278 @@
+//! The pipeline every syscall runs through.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use strata_core::{Error, ErrorCode, Id, Principal, Result};
+use strata_governance::{AuditDraft, audit, digest, idempotency};
+use strata_store::event;
+
+use crate::Kernel;
+use crate::registry::{Action, Cx, Entry};
+
+/// A call as an adapter received it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The syscall name, e.g. `agent.create`.
+    pub syscall: String,
+    /// The bearer token, without `Bearer `.
+    pub token: Option<String>,
+    /// The request as JSON (path parameters already merged in).
+    pub input: Value,
+    /// The `Idempotency-Key`, if sent.
+    pub idempotency_key: Option<String>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The status (201 for creations, 200 otherwise).
+    pub status: u16,
+    /// The response body.
+    pub body: Value,
+    /// Whether this is a stored response replayed for a repeated `Idempotency-Key`.
+    pub replayed: bool,
+}
+
+/// Why a write did not commit.
+enum WriteError {
+    /// The layer refused (its changes rolled back).
+    Layer(Error),
+    /// Another call committed the same idempotency key first.
+    KeyTaken,
+    /// The store failed.
+    Store(strata_store::Error),
+}
+
+impl From<strata_store::Error> for WriteError {
+    fn from(e: strata_store::Error) -> Self {
+        WriteError::Store(e)
+    }
+}
+
+/// What the pipeline carries from its start to the commit.
+struct Call<'a> {
+    entry: &'a Entry,
+    cx: Cx,
+    request_digest: String,
+    key: Option<String>,
+}
+
+impl Kernel {
+    /// Runs one syscall through the whole pipeline.
+    pub async fn call(&self, req: Request) -> Result<Reply> {
+        let started = Instant::now();
+        let Some(idx) = self.inner.registry.index_of(&req.syscall) else {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("no syscall is named '{}'", req.syscall),
+            ));
+        };
+        let entry = &self.inner.registry.entries()[idx];
+        let (result, principal) = self.run(entry, req).await;
+        let status = match &result {
+            Ok(r) => r.status,
+            Err(e) => e.status(),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        self.inner.metrics.observe(idx, status, micros);
+        if let Some(p) = principal {
+            self.inner.meter.record(&p, &entry.spec, status, micros);
+        }
+        result
+    }
+
+    async fn run(&self, entry: &Entry, req: Request) -> (Result<Reply>, Option<Principal>) {
+        let principal = match self.authenticate(req.token.as_deref()).await {
+            Ok(p) => p,
+            Err(e) => return (Err(e), None),
+        };
+        let result = self.run_as(entry, principal.clone(), req).await;
+        (result, Some(principal))
+    }
+
+    async fn run_as(&self, entry: &Entry, principal: Principal, req: Request) -> Result<Reply> {
+        let spec = &entry.spec;
+        let mutates = spec.effect.mutates();
+        let request_digest = if mutates {
+            digest(format!("{}\n{}", spec.name, req.input).as_bytes())
+        } else {
+            String::new()
+        };
+        let call = Call {
+            entry,
+            cx: Cx {
+                principal,
+                now: self.now(),
+            },
+            request_digest,
+            key: req.idempotency_key.filter(|_| mutates),
+        };
+        if let Err(e) = self.inner.policy.authorize(&call.cx.principal, spec) {
+            self.audit_refusal(&call, spec.resource, &e).await;
+            return Err(e);
+        }
+        if let Some(key) = &call.key {
+            if !idempotency::valid_key(key) {
+                return Err(Error::new(
+                    ErrorCode::InvalidIdempotencyKey,
+                    "Idempotency-Key must be 1 to 255 printable ASCII characters",
+                ));
+            }
+            if let Some(reply) = self.replay(&call, key).await? {
+                return Ok(reply);
+            }
+        }
+        self.inner.budget.check(&call.cx.principal, spec)?;
+        match (entry.call)(self, call.cx.clone(), req.input).await {
+            Ok(Action::Done(body)) => Ok(Reply {
+                status: spec.status,
+                body,
+                replayed: false,
+            }),
+            Ok(Action::Write { resource, op }) => self.commit(&call, resource, op).await,
+            Err(e) => {
+                self.audit_refusal(&call, spec.resource, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The stored reply for a repeated key, a conflict for a reused one, or nothing.
+    async fn replay(&self, call: &Call<'_>, key: &str) -> Result<Option<Reply>> {
+        let scope = call.cx.principal.idempotency_scope();
+        let Some(rec) = idempotency::lookup(&self.inner.store, scope, key).await? else {
+            return Ok(None);
+        };
+        if rec.syscall != call.entry.spec.name || rec.request_hash != call.request_digest {
+            return Err(Error::new(
+                ErrorCode::IdempotencyKeyReused,
+                format!(
+                    "Idempotency-Key '{key}' was already used for a different {} request",
+                    rec.syscall
+                ),
+            ));
+        }
+        // Stored responses are sealed: they can hold secrets shown only once (tokens).
+        let plain = hex::decode(&rec.response)
+            .ok()
+            .and_then(|b| self.inner.master_key.open(&b).ok())
+            .ok_or_else(|| Error::internal("stored idempotent response cannot be opened"))?;
+        let body = serde_json::from_slice(&plain).map_err(Error::internal)?;
+        Ok(Some(Reply {
+            status: rec.status,
+            body,
+            replayed: true,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        call: &Call<'_>,
+        resource: String,
+        op: crate::registry::WriteOp<Value>,
+    ) -> Result<Reply> {
+        let spec = call.entry.spec;
+        let now = call.cx.now;
+        let draft = AuditDraft {
+            at: now,
+            principal: call.cx.principal.audit_name(),
+            syscall: spec.name.to_string(),
+            resource,
+            intent_id: Id::new("int").to_string(),
+            outcome: "ok".into(),
+            status: spec.status,
+            request_digest: call.request_digest.clone(),
+        };
+        let idem = call
+            .key
+            .clone()
+            .map(|key| (call.cx.principal.idempotency_scope().to_string(), key));
+        let request_hash = call.request_digest.clone();
+        let resource = draft.resource.clone();
+        let sealer = self.inner.master_key.clone();
+        let written = self
+            .inner
+            .store
+            .write(move |c| {
+                Box::pin(async move {
+                    let out = op(c).await.map_err(WriteError::Layer)?;
+                    if let Some((scope, key)) = idem {
+                        let rec = idempotency::Record {
+                            syscall: spec.name.to_string(),
+                            request_hash,
+                            status: spec.status,
+                            response: hex::encode(sealer.seal(out.to_string().as_bytes())),
+                        };
+                        idempotency::record(c, &scope, &key, &rec, now)
+                            .await
+                            .map_err(|e| {
+                                if e.is_unique_violation() {
+                                    WriteError::KeyTaken
+                                } else {
+                                    WriteError::Store(e)
+                                }
+                            })?;
+                    }
+                    audit::append(c, &draft).await?;
+                    let data = json!({"principal": draft.principal, "intent_id": draft.intent_id});
+                    event::append(c, now, &draft.syscall, &draft.resource, &data).await?;
+                    Ok(out)
+                })
+            })
+            .await;
+        match written {
+            Ok(body) => {
+                if spec.resource == "token" || spec.name == "agent.delete" {
+                    self.forget_tokens();
+                }
+                Ok(Reply {
+                    status: spec.status,
+                    body,
+                    replayed: false,
+                })
+            }
+            Err(WriteError::KeyTaken) => {
+                let key = call.key.as_deref().unwrap_or_default();
+                self.replay(call, key)
+                    .await?
+                    .ok_or_else(|| Error::internal("idempotency record vanished after a key conflict"))
+            }
+            Err(WriteError::Layer(e)) => {
+                self.audit_refusal(call, &resource, &e).await;
+                Err(e)
+            }
+            Err(WriteError::Store(e)) => {
+                tracing::error!(syscall = spec.name, error = %e, "write failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Audits a mutating call that was refused after authentication. Malformed
+    /// requests are not audited: they never reached a layer.
+    async fn audit_refusal(&self, call: &Call<'_>, resource: &str, e: &Error) {
+        let spec = call.entry.spec;
+        if !spec.effect.mutates() || matches!(e.code, ErrorCode::InvalidJson | ErrorCode::InvalidRequest) {
+            return;
+        }
+        let draft = AuditDraft {
+            at: call.cx.now,
+            principal: call.cx.principal.audit_name(),
+            syscall: spec.name.to_string(),
+            resource: resource.to_string(),
+            intent_id: Id::new("int").to_string(),
+            outcome: e.code.as_str().to_string(),
+            status: e.status(),
+            request_digest: call.request_digest.clone(),
+        };
+        let done: Result<i64, strata_store::Error> = self
+            .inner
+            .store
+            .write(move |c| Box::pin(async move { audit::append(c, &draft).await }))
+            .await;
+        if let Err(err) = done {
+            tracing::error!(syscall = spec.name, error = %err, "could not audit a refused call");
+        }
+    }
+}

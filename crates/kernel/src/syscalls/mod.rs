@@ -1,0 +1,108 @@
+//! The syscall declarations, one module per layer.
+//!
+//! Each syscall is a unit struct implementing [`strata_core::Syscall`] (its types
+//! and [`strata_core::Spec`]) and [`crate::Handler`] (what it does). Adding one
+//! here is all it takes to get its HTTP route, OpenAPI entry, policy action, audit
+//! record and metrics.
+
+pub mod agent;
+pub mod audit;
+pub mod event;
+pub mod token;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::Registry;
+
+/// The registry of every syscall.
+pub(crate) fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.add::<agent::CreateAgent>();
+    r.add::<agent::ListAgents>();
+    r.add::<agent::GetAgent>();
+    r.add::<agent::DeleteAgent>();
+    r.add::<token::CreateToken>();
+    r.add::<token::CreateAdminToken>();
+    r.add::<token::RevokeToken>();
+    r.add::<audit::ListAudit>();
+    r.add::<audit::VerifyAudit>();
+    r.add::<event::ListEvents>();
+    r
+}
+
+/// A request naming one resource by id (from the path).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ById {
+    /// The resource's id.
+    pub id: String,
+}
+
+/// A request with no parameters.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// Cursor paging by id.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Return items after this id (the `next` of the previous page).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Page size, 1–500 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Cursor paging by sequence number.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeqParams {
+    /// Return entries after this sequence number (default 0: from the start).
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// Page size, 1–1000 (default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+impl SeqParams {
+    pub(crate) fn bounds(&self) -> (i64, i64) {
+        (
+            self.after.unwrap_or(0).max(0),
+            i64::from(self.limit.unwrap_or(100).clamp(1, 1000)),
+        )
+    }
+}
+
+/// A page of entries addressed by sequence number.
+#[derive(Debug, Clone, serde::Serialize, JsonSchema)]
+pub struct SeqPage<T> {
+    /// The entries, oldest first.
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; absent when this page is not full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
+}
+
+impl<T> SeqPage<T> {
+    pub(crate) fn new(items: Vec<T>, limit: i64, seq: impl Fn(&T) -> i64) -> SeqPage<T> {
+        let next = if items.len() as i64 == limit {
+            items.last().map(seq)
+        } else {
+            None
+        };
+        SeqPage { items, next }
+    }
+}
+
+/// The answer to a deletion or revocation.
+#[derive(Debug, Clone, serde::Serialize, JsonSchema)]
+pub struct Removed {
+    /// The id of what was removed.
+    pub id: String,
+    /// Always true.
+    pub removed: bool,
+}

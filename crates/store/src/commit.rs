@@ -1,0 +1,164 @@
+//! The group-commit writer.
+//!
+//! One task owns one connection and runs every write. It takes the first waiting
+//! job, then everything else already queued (up to `max_batch`), and runs them in
+//! one transaction, each between `SAVEPOINT` and `RELEASE`. A job that fails is
+//! rolled back to its savepoint and gets its own error; the others commit. Results
+//! are released only after `COMMIT` returns, so nobody sees an acknowledgement for a
+//! write that could still be lost.
+
+use futures::future::BoxFuture;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Executor};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{Backend, Error};
+
+/// The future a write closure returns; it borrows the writer's connection.
+pub type WriteFuture<'c, T, E> = BoxFuture<'c, Result<T, E>>;
+
+type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
+type Run = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
+
+/// One queued write.
+pub(crate) struct Job(Run);
+
+/// Keys the PostgreSQL advisory lock that serialises writers across replicas.
+const WRITER_LOCK: i64 = 0x5354_5241_5441;
+
+pub(crate) fn start(
+    pool: AnyPool,
+    backend: Backend,
+    max_batch: usize,
+) -> (mpsc::Sender<Job>, watch::Receiver<u64>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let (committed_tx, committed_rx) = watch::channel(0);
+    tokio::spawn(run(pool, backend, max_batch.max(1), rx, committed_tx));
+    (tx, committed_rx)
+}
+
+pub(crate) async fn submit<T, E, F>(jobs: &mpsc::Sender<Job>, f: F) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel::<Result<T, E>>();
+    let run: Run = Box::new(move |conn: &mut AnyConnection| {
+        Box::pin(async move {
+            let out = f(conn).await;
+            let ok = out.is_ok();
+            let finish: Finish = Box::new(move |commit: Result<(), Error>| {
+                let reply = match (commit, out) {
+                    (Ok(()), out) => out,
+                    (Err(_), Err(e)) => Err(e),
+                    (Err(e), Ok(_)) => Err(E::from(e)),
+                };
+                let _ = tx.send(reply);
+            });
+            (ok, finish)
+        })
+    });
+    jobs.send(Job(run)).await.map_err(|_| E::from(Error::Closed))?;
+    rx.await.map_err(|_| E::from(Error::Closed))?
+}
+
+async fn run(
+    pool: AnyPool,
+    backend: Backend,
+    max_batch: usize,
+    mut rx: mpsc::Receiver<Job>,
+    committed: watch::Sender<u64>,
+) {
+    let mut conn: Option<PoolConnection<Any>> = None;
+    let mut batch = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match pool.acquire().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "writer cannot get a connection");
+                    fail_all(batch.drain(..), &e.to_string());
+                    continue;
+                }
+            },
+        };
+        let mut c = c;
+        match run_batch(&mut c, backend, batch.drain(..)).await {
+            Ok(finishes) => {
+                for f in finishes {
+                    f(Ok(()));
+                }
+                committed.send_modify(|n| *n += 1);
+                conn = Some(c);
+            }
+            Err((e, finishes)) => {
+                tracing::error!(error = %e, "write batch failed; its writes are rolled back");
+                let msg = e.to_string();
+                for f in finishes {
+                    f(Err(Error::Database(sqlx::Error::Protocol(msg.clone()))));
+                }
+                // Drop the connection: its state is unknown after a failed batch.
+                c.close_on_drop();
+            }
+        }
+    }
+}
+
+/// Answers jobs that never ran: dropping a job drops its reply channel, which its
+/// caller sees as [`Error::Closed`] (served as `unavailable`).
+fn fail_all(jobs: impl Iterator<Item = Job>, why: &str) {
+    let n = jobs.count();
+    tracing::warn!(reason = why, jobs = n, "writes refused before they ran");
+}
+
+async fn exec(conn: &mut AnyConnection, sql: &'static str) -> Result<(), Error> {
+    sqlx::raw_sql(sql).execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn run_batch(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    jobs: impl Iterator<Item = Job>,
+) -> Result<Vec<Finish>, (Error, Vec<Finish>)> {
+    let mut finishes = Vec::new();
+    let begin = match backend {
+        // IMMEDIATE takes the write lock now rather than at the first write.
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN",
+    };
+    if let Err(e) = exec(conn, begin).await {
+        return Err((e, finishes));
+    }
+    if backend == Backend::Postgres {
+        let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITER_LOCK);
+        if let Err(e) = (&mut *conn).execute(lock).await {
+            let _ = exec(conn, "ROLLBACK").await;
+            return Err((e.into(), finishes));
+        }
+    }
+    for Job(run) in jobs {
+        if let Err(e) = exec(conn, "SAVEPOINT w").await {
+            let _ = exec(conn, "ROLLBACK").await;
+            return Err((e, finishes));
+        }
+        let (ok, finish) = run(conn).await;
+        finishes.push(finish);
+        let end = if ok {
+            "RELEASE SAVEPOINT w"
+        } else {
+            "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w"
+        };
+        if let Err(e) = exec(conn, end).await {
+            let _ = exec(conn, "ROLLBACK").await;
+            return Err((e, finishes));
+        }
+    }
+    if let Err(e) = exec(conn, "COMMIT").await {
+        let _ = exec(conn, "ROLLBACK").await;
+        return Err((e, finishes));
+    }
+    Ok(finishes)
+}

@@ -1,0 +1,74 @@
+//! The event log: an ordered record of what changed, for `/v1/events` and replicas.
+//!
+//! Events are appended by writes, inside the writer's transaction, so an event
+//! exists exactly when its change committed. Sequence numbers are dense and
+//! increase in commit order (the writer is the only appender).
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use crate::{Result, Store};
+
+/// One committed change.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Event {
+    /// Position in the log; resume after it with `Last-Event-ID`.
+    pub seq: i64,
+    /// When it committed (epoch ms).
+    pub at: i64,
+    /// What happened: the syscall name, e.g. `agent.create`.
+    pub kind: String,
+    /// The resource it happened to, e.g. `agt_…`.
+    pub subject: String,
+    /// Details, as JSON.
+    pub data: serde_json::Value,
+}
+
+/// Appends an event inside the writer's transaction and returns its sequence number.
+pub async fn append(
+    conn: &mut AnyConnection,
+    at: i64,
+    kind: &str,
+    subject: &str,
+    data: &serde_json::Value,
+) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM store_events")
+        .fetch_one(&mut *conn)
+        .await?;
+    let seq: i64 = row.try_get::<i64, _>(0)? + 1;
+    sqlx::query("INSERT INTO store_events (seq, at, kind, subject, data) VALUES ($1, $2, $3, $4, $5)")
+        .bind(seq)
+        .bind(at)
+        .bind(kind)
+        .bind(subject)
+        .bind(data.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(seq)
+}
+
+impl Store {
+    /// Up to `limit` events after sequence number `after`, oldest first.
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, subject, data FROM store_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let data: String = r.try_get(4)?;
+                Ok(Event {
+                    seq: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    subject: r.try_get(3)?,
+                    data: serde_json::from_str(&data)
+                        .map_err(|e| crate::Error::Corrupt(format!("event data: {e}")))?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,222 @@
+//! Strata's store: one database, SQLite embedded by default or PostgreSQL to scale out.
+//!
+//! The store is deliberately small. It opens the database ([`Store::open`]), applies
+//! each layer's embedded [`Migration`]s, hands out the read pool, and funnels every
+//! write through one **group-commit** writer ([`Store::write`]): concurrent writes
+//! are batched into one transaction (one fsync), each inside its own savepoint so a
+//! failing write never takes its neighbours down. On PostgreSQL the writer holds a
+//! transaction-scoped advisory lock, so writes from several replicas serialise too;
+//! that order is what the audit chain and the event log rely on.
+//!
+//! SQL is written once with `$1`-style parameters, which both backends accept, and
+//! portable types (`TEXT`, `BIGINT`, `BOOLEAN`); where the dialects differ a
+//! migration carries both texts.
+
+mod commit;
+pub mod event;
+mod migrate;
+pub mod testing;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use commit::WriteFuture;
+pub use migrate::Migration;
+pub use sqlx;
+pub use sqlx::AnyConnection;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor};
+use tokio::sync::{mpsc, watch};
+
+/// The database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite in WAL mode.
+    Sqlite,
+    /// PostgreSQL, possibly shared by several replicas.
+    Postgres,
+}
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database reported an error or could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration could not be applied, or an applied one was edited.
+    #[error("migration {layer}/{version}: {reason}")]
+    Migration {
+        /// The layer owning the migration.
+        layer: String,
+        /// Its version.
+        version: u32,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The URL names no supported database.
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// The writer has stopped (the store is shutting down).
+    #[error("the store's writer has stopped")]
+    Closed,
+    /// A row held a value the code cannot read (a corrupted or foreign row).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Whether the error is a unique-constraint violation.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Error::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
+impl From<Error> for strata_core::Error {
+    fn from(e: Error) -> Self {
+        use strata_core::ErrorCode;
+        match &e {
+            Error::Closed
+            | Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => {
+                strata_core::Error::new(ErrorCode::Unavailable, e.to_string())
+            }
+            _ => strata_core::Error::internal(e),
+        }
+    }
+}
+
+/// Store results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub url: String,
+    /// Connections in the read pool.
+    pub max_connections: u32,
+    /// The most writes the writer puts in one transaction.
+    pub max_batch: usize,
+}
+
+impl Options {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Options {
+        Options {
+            url: url.into(),
+            max_connections: 8,
+            max_batch: 256,
+        }
+    }
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    writes: mpsc::Sender<commit::Job>,
+    committed: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `opts.url`, applies `migrations`
+    /// in order and starts the writer.
+    pub async fn open(opts: Options, migrations: &[&[Migration]]) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = backend_of(&opts.url)?;
+        let mut connect = AnyConnectOptions::from_str(&opts.url)?;
+        connect = connect.log_statements(tracing::log::LevelFilter::Trace);
+        if backend == Backend::Sqlite {
+            // WAL is persistent in the file; set it once before the pool opens.
+            let mut c = sqlx::AnyConnection::connect_with(&connect).await?;
+            c.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(opts.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // FULL: a commit is durable once acknowledged, even across power loss.
+                        conn.execute(
+                            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect)
+            .await?;
+        let mut sets = vec![migrate::STORE];
+        sets.extend_from_slice(migrations);
+        migrate::run(&pool, backend, &sets).await?;
+        let (writes, committed) = commit::start(pool.clone(), backend, opts.max_batch);
+        Ok(Store {
+            pool,
+            backend,
+            writes,
+            committed,
+        })
+    }
+
+    /// The read pool. Writes go through [`Store::write`].
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs `f` inside the writer's current transaction and returns its result once
+    /// that transaction has committed. If `f` fails, only its own changes are rolled
+    /// back. `f` must only run SQL: it holds the single writer while it runs.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
+    {
+        commit::submit(&self.writes, f).await
+    }
+
+    /// A receiver that changes after every commit (for tailing the event log).
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool after the writer drains.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn backend_of(url: &str) -> Result<Backend> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(Error::UnsupportedUrl(url.to_string()))
+    }
+}
+
+/// The SQLite URL for the database file inside `data_dir`.
+pub fn sqlite_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("strata.db").display())
+}
