@@ -239,6 +239,14 @@ impl Kernel {
                     .ok_or_else(|| Error::internal("idempotency record vanished after a key conflict"))
             }
             Err(WriteError::Layer(e)) => {
+                // A concurrent call with the same key may have committed first, and
+                // this one then failed on the state it created (e.g. the name is
+                // taken): the caller's retry deserves the first call's answer.
+                if let Some(key) = call.key.as_deref()
+                    && let Some(reply) = self.replay(call, key).await?
+                {
+                    return Ok(reply);
+                }
                 self.audit_refusal(call, &resource, &e).await;
                 Err(e)
             }

@@ -10,7 +10,9 @@
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::{Backend, Error};
 
@@ -30,10 +32,11 @@ pub(crate) fn start(
     pool: AnyPool,
     backend: Backend,
     max_batch: usize,
+    stop: Arc<Notify>,
 ) -> (mpsc::Sender<Job>, watch::Receiver<u64>) {
     let (tx, rx) = mpsc::channel(4096);
     let (committed_tx, committed_rx) = watch::channel(0);
-    tokio::spawn(run(pool, backend, max_batch.max(1), rx, committed_tx));
+    tokio::spawn(run(pool, backend, max_batch.max(1), rx, committed_tx, stop));
     (tx, committed_rx)
 }
 
@@ -69,10 +72,20 @@ async fn run(
     max_batch: usize,
     mut rx: mpsc::Receiver<Job>,
     committed: watch::Sender<u64>,
+    stop: Arc<Notify>,
 ) {
     let mut conn: Option<PoolConnection<Any>> = None;
     let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    loop {
+        // A batch in progress always finishes; the stop signal is seen between batches.
+        let n = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, max_batch) => n,
+            _ = stop.notified() => 0,
+        };
+        if n == 0 {
+            break;
+        }
         let c = match conn.take() {
             Some(c) => c,
             None => match pool.acquire().await {

@@ -27,7 +27,9 @@ pub use sqlx::AnyConnection;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor};
-use tokio::sync::{mpsc, watch};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, watch};
 
 /// The database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,7 @@ pub struct Store {
     backend: Backend,
     writes: mpsc::Sender<commit::Job>,
     committed: watch::Receiver<u64>,
+    stop: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,12 +161,14 @@ impl Store {
         let mut sets = vec![migrate::STORE];
         sets.extend_from_slice(migrations);
         migrate::run(&pool, backend, &sets).await?;
-        let (writes, committed) = commit::start(pool.clone(), backend, opts.max_batch);
+        let stop = Arc::new(Notify::new());
+        let (writes, committed) = commit::start(pool.clone(), backend, opts.max_batch, stop.clone());
         Ok(Store {
             pool,
             backend,
             writes,
             committed,
+            stop,
         })
     }
 
@@ -200,8 +205,10 @@ impl Store {
         Ok(())
     }
 
-    /// Closes the pool after the writer drains.
+    /// Stops the writer after its current batch (later writes fail with
+    /// [`Error::Closed`]) and closes the pool, checkpointing SQLite's WAL.
     pub async fn close(&self) {
+        self.stop.notify_one();
         self.pool.close().await;
     }
 }
