@@ -37,6 +37,10 @@ impl Default for Options {
 pub fn router(kernel: Kernel, options: Options) -> Router {
     route::syscalls(&kernel, &options)
         .merge(ops::router())
+        .method_not_allowed_fallback(route::wrong_method)
         .fallback(route::no_route)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            problem::panicked,
+        ))
         .with_state(route::AppState::new(kernel, options))
 }

@@ -7,6 +7,11 @@ use strata_core::{Error, ErrorCode};
 /// The base of every problem `type` URI; the code is appended.
 pub(crate) const TYPE_BASE: &str = "https://strata.dev/problems/";
 
+/// A handler panicked: log it and answer 500 as a problem, keeping the server up.
+pub(crate) fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    problem_response(&Error::internal("a request handler panicked"))
+}
+
 /// Renders `e` as `application/problem+json`. Internal details are logged, not sent.
 pub fn problem_response(e: &Error) -> Response {
     let detail = if e.code == ErrorCode::Internal {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -83,31 +84,30 @@ pub(crate) fn syscalls(kernel: &Kernel, _options: &Options) -> Router<AppState> 
             typed_params,
         });
         let handler = move |state: State<AppState>,
-                            path: Option<Path<HashMap<String, String>>>,
+                            path: Result<Path<HashMap<String, String>>, PathRejection>,
                             query: RawQuery,
                             headers: HeaderMap,
                             body: Body| {
             let info = info.clone();
             async move {
-                serve(
-                    state.0,
-                    &info,
-                    path.map(|p| p.0).unwrap_or_default(),
-                    query.0,
-                    headers,
-                    body,
-                )
-                .await
+                let path = match path {
+                    Ok(p) => p.0,
+                    Err(PathRejection::MissingPathParams(_)) => HashMap::new(),
+                    Err(e) => return problem_response(&Error::invalid("path", e.body_text())),
+                };
+                serve(state.0, &info, path, query.0, headers, body).await
             }
         };
         router = router.route(spec.path, on(filter(spec.method), handler));
     }
-    router.method_not_allowed_fallback(|| async {
-        problem_response(&Error::new(
-            ErrorCode::MethodNotAllowed,
-            "this path does not accept that HTTP method",
-        ))
-    })
+    router
+}
+
+pub(crate) async fn wrong_method() -> Response {
+    problem_response(&Error::new(
+        ErrorCode::MethodNotAllowed,
+        "this path does not accept that HTTP method",
+    ))
 }
 
 pub(crate) async fn no_route() -> Response {
@@ -137,7 +137,10 @@ async fn serve(
         syscall: info.name.to_string(),
         token,
         input,
-        idempotency_key: header_str(&headers, "idempotency-key").map(str::to_string),
+        // Not `to_str`: a key with non-ASCII bytes must be refused, not ignored.
+        idempotency_key: headers
+            .get("idempotency-key")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
     };
     match state.kernel.call(req).await {
         Ok(reply) => {
@@ -175,7 +178,15 @@ async fn input(
     body: Body,
 ) -> Result<Value, Error> {
     let mut obj = match info.method {
-        Method::Post | Method::Put | Method::Patch => json_body(state, headers, body).await?,
+        Method::Post | Method::Put | Method::Patch => {
+            if query.is_some_and(|q| !q.is_empty()) {
+                return Err(Error::invalid(
+                    "query",
+                    "this syscall takes its parameters in the JSON body",
+                ));
+            }
+            json_body(state, headers, body).await?
+        }
         Method::Get | Method::Delete => query_object(info, query.unwrap_or(""))?,
     };
     for (k, v) in path {

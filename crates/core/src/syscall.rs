@@ -124,11 +124,12 @@ impl Principal {
         }
     }
 
-    /// The key idempotency records are scoped by, so two callers never share one.
-    pub fn idempotency_scope(&self) -> &str {
+    /// The key idempotency records are scoped by, so two callers never share one:
+    /// each operator token, or each agent (across its tokens).
+    pub fn idempotency_scope(&self) -> String {
         match self {
-            Principal::Admin { .. } => "admin",
-            Principal::Agent { agent_id, .. } => agent_id,
+            Principal::Admin { token_id } => format!("admin:{token_id}"),
+            Principal::Agent { agent_id, .. } => agent_id.clone(),
         }
     }
 

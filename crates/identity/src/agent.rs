@@ -169,7 +169,7 @@ fn check(req: &NewAgent) -> Result<()> {
         return Err(Error::invalid("labels", "at most 64 labels"));
     }
     for (k, v) in &req.labels {
-        if k.is_empty() || k.len() > 128 || v.len() > 256 {
+        if k.is_empty() || k.chars().count() > 128 || v.chars().count() > 256 {
             return Err(Error::invalid(
                 &format!("labels.{k}"),
                 "keys are 1–128 characters and values at most 256",
@@ -211,7 +211,11 @@ impl Identity {
         } else {
             (Some(hex::encode(self.master_key.seal(&seed))), None)
         };
-        let token = token::prepare(Some(&id), req.token.unwrap_or_default(), now)?;
+        let token =
+            token::prepare(Some(&id), req.token.unwrap_or_default(), now).map_err(|e| match e.code {
+                ErrorCode::InvalidRequest => Error::new(e.code, format!("token.{}", e.detail)),
+                _ => e,
+            })?;
         Ok(PreparedAgent {
             agent: Agent {
                 did: crate::did::did_key(&public),

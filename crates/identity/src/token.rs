@@ -103,9 +103,7 @@ pub fn prepare(agent_id: Option<&str>, req: NewToken, now: i64) -> Result<Prepar
         ));
     }
     let name = req.name.unwrap_or_default();
-    if name.len() > 128 {
-        return Err(Error::invalid("name", "at most 128 characters"));
-    }
+    check_token_name(&name)?;
     let plain = fresh_plain();
     Ok(PreparedToken {
         id: Id::new("tok").to_string(),
@@ -120,10 +118,18 @@ pub fn prepare(agent_id: Option<&str>, req: NewToken, now: i64) -> Result<Prepar
     })
 }
 
+fn check_token_name(name: &str) -> Result<()> {
+    if name.chars().count() > 128 {
+        return Err(Error::invalid("name", "at most 128 characters"));
+    }
+    Ok(())
+}
+
 /// An operator token with every scope and no expiry.
-pub fn prepare_admin(name: &str, now: i64) -> PreparedToken {
+pub fn prepare_admin(name: &str, now: i64) -> Result<PreparedToken> {
+    check_token_name(name)?;
     let plain = fresh_plain();
-    PreparedToken {
+    Ok(PreparedToken {
         id: Id::new("tok").to_string(),
         hash: hash(&plain),
         plain,
@@ -133,7 +139,7 @@ pub fn prepare_admin(name: &str, now: i64) -> PreparedToken {
         scopes: vec!["*".into()],
         created_at: now,
         expires_at: None,
-    }
+    })
 }
 
 impl PreparedToken {
@@ -153,8 +159,20 @@ impl PreparedToken {
     }
 }
 
-/// Inserts a prepared token (inside the writer).
+/// Inserts a prepared token (inside the writer). An agent token is refused when
+/// its agent is not live at this point of the write order, so a token can never
+/// outlive a concurrent deletion of its agent.
 pub async fn insert(conn: &mut AnyConnection, t: PreparedToken) -> Result<TokenCreated> {
+    if let Some(agent) = &t.agent_id {
+        let live = sqlx::query("SELECT 1 FROM id_agents WHERE id = $1 AND deleted_at IS NULL")
+            .bind(agent)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+        if live.is_none() {
+            return Err(Error::not_found("agent", agent));
+        }
+    }
     sqlx::query(
         "INSERT INTO id_tokens (id, hash, agent_id, admin, name, scopes, created_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -141,7 +141,7 @@ impl Kernel {
     /// The stored reply for a repeated key, a conflict for a reused one, or nothing.
     async fn replay(&self, call: &Call<'_>, key: &str) -> Result<Option<Reply>> {
         let scope = call.cx.principal.idempotency_scope();
-        let Some(rec) = idempotency::lookup(&self.inner.store, scope, key).await? else {
+        let Some(rec) = idempotency::lookup(&self.inner.store, &scope, key).await? else {
             return Ok(None);
         };
         if rec.syscall != call.entry.spec.name || rec.request_hash != call.request_digest {
@@ -187,7 +187,7 @@ impl Kernel {
         let idem = call
             .key
             .clone()
-            .map(|key| (call.cx.principal.idempotency_scope().to_string(), key));
+            .map(|key| (call.cx.principal.idempotency_scope(), key));
         let request_hash = call.request_digest.clone();
         let resource = draft.resource.clone();
         let sealer = self.inner.master_key.clone();

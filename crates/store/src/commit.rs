@@ -7,6 +7,9 @@
 //! are released only after `COMMIT` returns, so nobody sees an acknowledgement for a
 //! write that could still be lost.
 
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Executor};
@@ -157,8 +160,18 @@ async fn run_batch(
             let _ = exec(conn, "ROLLBACK").await;
             return Err((e, finishes));
         }
-        let (ok, finish) = run(conn).await;
-        finishes.push(finish);
+        // A panicking write is a bug, but it must not take the writer (and with it
+        // every later write) down: roll it back; its caller sees `Closed`.
+        let ok = match AssertUnwindSafe(run(conn)).catch_unwind().await {
+            Ok((ok, finish)) => {
+                finishes.push(finish);
+                ok
+            }
+            Err(_) => {
+                tracing::error!("a write panicked; its changes are rolled back");
+                false
+            }
+        };
         let end = if ok {
             "RELEASE SAVEPOINT w"
         } else {

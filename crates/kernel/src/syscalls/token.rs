@@ -86,10 +86,15 @@ impl Handler for CreateToken {
         }
         check_scopes(k, Some(&cx.principal), req.scopes.as_deref())?;
         k.identity().get(&req.id).await?;
+        // An agent that names no scopes gets its own, never the default `*`.
+        let scopes = match (&cx.principal, req.scopes) {
+            (Principal::Agent { scopes: own, .. }, None) => Some(own.clone()),
+            (_, requested) => requested,
+        };
         let t = token::prepare(
             Some(&req.id),
             NewToken {
-                scopes: req.scopes,
+                scopes,
                 expires_in: req.expires_in,
                 name: req.name,
             },
@@ -120,7 +125,7 @@ impl Syscall for CreateAdminToken {
 
 impl Handler for CreateAdminToken {
     async fn handle(_k: &Kernel, cx: &Cx, req: AdminTokenRequest) -> Result<Action<TokenCreated>> {
-        let t = token::prepare_admin(req.name.as_deref().unwrap_or("admin"), cx.now);
+        let t = token::prepare_admin(req.name.as_deref().unwrap_or("admin"), cx.now)?;
         let id = t.id().to_string();
         Ok(Action::write(id, move |c| Box::pin(token::insert(c, t))))
     }
@@ -174,7 +179,7 @@ impl Kernel {
             return Ok(false);
         }
         let now = self.now();
-        let t = token::prepare_admin("bootstrap", now);
+        let t = token::prepare_admin("bootstrap", now)?;
         persist(t.plain())?;
         let draft = AuditDraft {
             at: now,

@@ -152,6 +152,34 @@ async fn a_failed_migration_leaves_no_partial_schema(b: Backend) {
     );
 }
 
+async fn a_panicking_write_is_rolled_back_and_the_writer_keeps_going(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(b, dir.path()).await;
+    let panicked: Result<(), strata_store::Error> = store
+        .write(|c| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO scratch (k, v) VALUES ('doomed', 1)")
+                    .execute(&mut *c)
+                    .await?;
+                panic!("a bug inside a write");
+            })
+        })
+        .await;
+    assert!(
+        matches!(panicked, Err(strata_store::Error::Closed)),
+        "{panicked:?}"
+    );
+    insert(&store, "after".into(), 2).await.unwrap();
+    let keys: Vec<String> = sqlx::query("SELECT k FROM scratch ORDER BY k")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, vec!["after".to_string()]);
+}
+
 async fn the_kernel_store_opens_on_this_backend(b: Backend) {
     let h = Harness::new(b).await;
     h.store().ping().await.unwrap();
@@ -164,5 +192,6 @@ crate::on_both_backends!(
     a_write_is_visible_to_readers_once_acknowledged,
     reopening_applies_nothing_twice_and_an_edited_migration_is_refused,
     a_failed_migration_leaves_no_partial_schema,
+    a_panicking_write_is_rolled_back_and_the_writer_keeps_going,
     the_kernel_store_opens_on_this_backend,
 );

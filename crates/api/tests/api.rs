@@ -1,0 +1,16 @@
+//! In-process tests of the HTTP API: the Router is driven with `oneshot`, no socket.
+
+mod api {
+    pub(crate) mod harness;
+
+    mod agents;
+    mod audit;
+    mod auth;
+    mod errors;
+    mod events;
+    mod fuzz;
+    mod idempotency;
+    mod ops;
+}
+
+pub(crate) use api::harness;
