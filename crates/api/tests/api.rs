@@ -11,6 +11,7 @@ mod api {
     mod fuzz;
     mod idempotency;
     mod ops;
+    mod tasks;
 }
 
 pub(crate) use api::harness;

@@ -94,6 +94,7 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
         .await
         .with_context(|| format!("cannot open the store at {}", redact(&url)))?;
     let kernel = Kernel::new(store, Config::new(master_key));
+    kernel.spawn_background();
     let token_path = dir.join("admin.token");
     let made = kernel
         .bootstrap_admin_token(|t| {

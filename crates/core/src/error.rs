@@ -40,6 +40,8 @@ codes! {
     InvalidRequest = "invalid_request", 400, "The request does not match the syscall's schema.";
     InvalidIdempotencyKey = "invalid_idempotency_key", 400, "The Idempotency-Key header is empty, too long or not printable ASCII.";
     InvalidScope = "invalid_scope", 400, "A token scope names no syscall or is wider than the caller's own.";
+    InvalidInput = "invalid_input", 400, "A task's input does not match its capability's input schema.";
+    InvalidOutput = "invalid_output", 400, "A task's result does not match its capability's output schema.";
     Unauthenticated = "unauthenticated", 401, "No valid bearer token was presented.";
     TokenExpired = "token_expired", 401, "The bearer token has expired.";
     TokenRevoked = "token_revoked", 401, "The bearer token has been revoked.";
@@ -50,8 +52,11 @@ codes! {
     Conflict = "conflict", 409, "The request conflicts with the current state.";
     AgentNameTaken = "agent_name_taken", 409, "Another live agent already has this name.";
     IdempotencyKeyReused = "idempotency_key_reused", 409, "The Idempotency-Key was already used with a different request.";
+    LeaseLost = "lease_lost", 409, "The caller no longer holds the task's lease (it expired or was never theirs).";
+    TaskFinished = "task_finished", 409, "The task has already reached a terminal state.";
     PayloadTooLarge = "payload_too_large", 413, "The request body exceeds the configured limit.";
     UnsupportedMediaType = "unsupported_media_type", 415, "The request body must be application/json.";
+    NoCapableAgent = "no_capable_agent", 422, "No live agent declares the capability (submit with allow_unroutable to queue anyway).";
     Unavailable = "unavailable", 503, "The store is unreachable or the server is shutting down.";
     Internal = "internal", 500, "An unexpected error; the server log has details.";
 }

@@ -327,6 +327,19 @@ pub async fn insert(conn: &mut AnyConnection, p: PreparedAgent) -> Result<AgentC
         expires_at,
         ..
     } = token::insert(conn, p.token).await?;
+    for c in &a.capabilities {
+        sqlx::query(
+            "INSERT INTO id_capabilities (agent_id, name, version, input_schema, output_schema) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&a.id)
+        .bind(&c.name)
+        .bind(&c.version)
+        .bind(c.input_schema.to_string())
+        .bind(c.output_schema.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
     Ok(AgentCreated {
         agent: p.agent,
         token,
@@ -354,5 +367,62 @@ pub async fn delete(conn: &mut AnyConnection, id: &str, now: i64) -> Result<()> 
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    sqlx::query("DELETE FROM id_capabilities WHERE agent_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(())
+}
+
+/// A capability as some live agent declares it.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    /// The declaring agent.
+    pub agent_id: String,
+    /// The capability.
+    pub capability: Capability,
+}
+
+fn declared(r: &sqlx::any::AnyRow) -> Result<Declared> {
+    let schema = |i: usize| -> Result<serde_json::Value> {
+        let s: String = r.try_get(i).map_err(db)?;
+        serde_json::from_str(&s).map_err(|e| Error::internal(format!("capability schema: {e}")))
+    };
+    Ok(Declared {
+        agent_id: r.try_get(0).map_err(db)?,
+        capability: Capability {
+            name: r.try_get(1).map_err(db)?,
+            version: r.try_get(2).map_err(db)?,
+            description: String::new(),
+            input_schema: schema(3)?,
+            output_schema: schema(4)?,
+        },
+    })
+}
+
+impl Identity {
+    /// Every live agent's declaration of capability `name`, newest agent first.
+    pub async fn declarations(&self, name: &str) -> Result<Vec<Declared>> {
+        let rows = sqlx::query(
+            "SELECT agent_id, name, version, input_schema, output_schema FROM id_capabilities WHERE name = $1 ORDER BY agent_id DESC",
+        )
+        .bind(name)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db)?;
+        rows.iter().map(declared).collect()
+    }
+
+    /// The capabilities a live agent declares.
+    pub async fn capabilities_of(&self, agent_id: &str) -> Result<Vec<Capability>> {
+        let rows = sqlx::query(
+            "SELECT agent_id, name, version, input_schema, output_schema FROM id_capabilities WHERE agent_id = $1 ORDER BY name",
+        )
+        .bind(agent_id)
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(db)?;
+        rows.iter().map(|r| declared(r).map(|d| d.capability)).collect()
+    }
 }

@@ -54,13 +54,35 @@ pub struct Page<T> {
 }
 
 /// The identity tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    layer: "identity",
-    version: 1,
-    name: "agents and tokens",
-    sqlite: SCHEMA,
-    postgres: SCHEMA,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        layer: "identity",
+        version: 1,
+        name: "agents and tokens",
+        sqlite: SCHEMA,
+        postgres: SCHEMA,
+    },
+    Migration {
+        layer: "identity",
+        version: 2,
+        name: "capability index",
+        sqlite: CAPABILITIES,
+        postgres: CAPABILITIES,
+    },
+];
+
+/// One row per live agent and capability, so routing finds capable agents by name.
+const CAPABILITIES: &str = "
+CREATE TABLE id_capabilities (
+    agent_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    input_schema TEXT NOT NULL,
+    output_schema TEXT NOT NULL,
+    PRIMARY KEY (agent_id, name)
+);
+CREATE INDEX id_capabilities_name ON id_capabilities (name);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE id_agents (

@@ -14,6 +14,7 @@
 //! from them is what adapters read to derive HTTP routes, OpenAPI and MCP tools.
 
 mod auth;
+mod background;
 mod hooks;
 pub mod metrics;
 mod pipeline;
@@ -29,10 +30,15 @@ use std::sync::Arc;
 use strata_core::{Clock, MasterKey, SystemClock};
 use strata_governance::{Policy, ScopePolicy};
 use strata_identity::Identity;
+use strata_orchestrator::Orchestrator;
 use strata_store::{Migration, Store};
 
 /// Every layer's migrations, in dependency order.
-pub const MIGRATIONS: &[&[Migration]] = &[strata_governance::MIGRATIONS, strata_identity::MIGRATIONS];
+pub const MIGRATIONS: &[&[Migration]] = &[
+    strata_governance::MIGRATIONS,
+    strata_identity::MIGRATIONS,
+    strata_orchestrator::MIGRATIONS,
+];
 
 /// How to build a kernel.
 pub struct Config {
@@ -46,6 +52,8 @@ pub struct Config {
     pub budget: Arc<dyn BudgetHook>,
     /// Told about every syscall's usage (no-op until the ledger lands).
     pub meter: Arc<dyn UsageMeter>,
+    /// Orchestrator tunables (lease lengths, steal delay).
+    pub orchestrator: strata_orchestrator::Config,
 }
 
 impl Config {
@@ -57,6 +65,7 @@ impl Config {
             policy: Arc::new(ScopePolicy),
             budget: Arc::new(NoBudget),
             meter: Arc::new(NoMeter),
+            orchestrator: strata_orchestrator::Config::default(),
         }
     }
 }
@@ -72,6 +81,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     master_key: MasterKey,
     identity: Identity,
+    orchestrator: Orchestrator,
     policy: Arc<dyn Policy>,
     budget: Arc<dyn BudgetHook>,
     meter: Arc<dyn UsageMeter>,
@@ -87,6 +97,11 @@ impl Kernel {
         let metrics = metrics::Metrics::new(&registry);
         Kernel {
             inner: Arc::new(Inner {
+                orchestrator: Orchestrator::new(
+                    store.clone(),
+                    Identity::new(store.clone(), config.clock.clone(), config.master_key.clone()),
+                    config.orchestrator,
+                ),
                 identity: Identity::new(store.clone(), config.clock.clone(), config.master_key.clone()),
                 master_key: config.master_key,
                 store,
@@ -114,6 +129,16 @@ impl Kernel {
     /// The identity layer.
     pub fn identity(&self) -> &Identity {
         &self.inner.identity
+    }
+
+    /// The orchestration layer.
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.inner.orchestrator
+    }
+
+    /// The kernel's clock, read now (epoch ms).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     /// Per-syscall request counts and latencies.

@@ -10,4 +10,5 @@ mod suite {
     mod identity;
     mod integrity;
     mod store;
+    mod tasks;
 }

@@ -444,6 +444,12 @@ async fn every_documented_code_has_a_test_here() {
         "idempotency_key_reused",
         "payload_too_large",
         "unsupported_media_type",
+        // In tasks.rs:
+        "invalid_input",
+        "invalid_output",
+        "lease_lost",
+        "task_finished",
+        "no_capable_agent",
     ];
     let untestable = ["conflict", "unavailable", "internal"];
     for c in strata_core::ErrorCode::ALL {

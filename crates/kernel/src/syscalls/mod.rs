@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod audit;
 pub mod event;
+pub mod task;
 pub mod token;
 
 use schemars::JsonSchema;
@@ -28,6 +29,14 @@ pub(crate) fn registry() -> Registry {
     r.add::<audit::ListAudit>();
     r.add::<audit::VerifyAudit>();
     r.add::<event::ListEvents>();
+    r.add::<task::SubmitTask>();
+    r.add::<task::ListTasks>();
+    r.add::<task::GetTask>();
+    r.add::<task::CancelTask>();
+    r.add::<task::LeaseTasks>();
+    r.add::<task::HeartbeatTask>();
+    r.add::<task::CompleteTask>();
+    r.add::<task::FailTask>();
     r
 }
 

@@ -1,0 +1,69 @@
+//! Work the kernel does on its own: sweeping expired leases and missed deadlines.
+//!
+//! Each transition is audited with the `system` principal and published as an
+//! event, in the same transaction as the change. On PostgreSQL every replica
+//! sweeps; the writer lock serialises them and the sweep's conditions make a
+//! repeated sweep a no-op, so no leader is needed for correctness.
+
+use std::time::Duration;
+
+use serde_json::json;
+use strata_core::{Id, Result};
+use strata_governance::{AuditDraft, audit};
+use strata_orchestrator::sweep::{Swept, sweep};
+use strata_store::event;
+
+use crate::Kernel;
+
+/// How often the sweeper runs.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+impl Kernel {
+    /// Runs one sweep now and returns what it changed.
+    pub async fn sweep_once(&self) -> Result<Vec<Swept>> {
+        let now = self.now_ms();
+        self.store()
+            .write(move |c| {
+                Box::pin(async move {
+                    let swept = sweep(c, now, 500).await?;
+                    for s in &swept {
+                        let draft = AuditDraft {
+                            at: now,
+                            principal: "system".into(),
+                            syscall: format!("task.{}", s.reason),
+                            resource: s.task_id.clone(),
+                            intent_id: Id::new("int").to_string(),
+                            outcome: "ok".into(),
+                            status: 200,
+                            request_digest: String::new(),
+                        };
+                        audit::append(c, &draft).await?;
+                        let data = json!({"principal": "system", "state": s.state, "reason": s.reason});
+                        event::append(c, now, &draft.syscall, &s.task_id, &data).await?;
+                    }
+                    Ok(swept)
+                })
+            })
+            .await
+    }
+
+    /// Starts the background loops; they stop when the store closes.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let k = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match k.sweep_once().await {
+                    Ok(swept) if !swept.is_empty() => {
+                        tracing::info!(transitions = swept.len(), "sweeper moved tasks")
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.code == strata_core::ErrorCode::Unavailable => break,
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,314 @@
+//! `task.*`: submitting work, leasing it, finishing it.
+
+use std::time::{Duration, Instant};
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use strata_core::{Access, Effect, Error, ErrorCode, Method, Principal, Result, Spec, Syscall};
+use strata_orchestrator::lease::{self, Completion, Extended, Failure, Heartbeat, LeaseResponse, Outcome};
+use strata_orchestrator::task::{self, Submitted, TaskFilter, validate};
+use strata_orchestrator::{LeaseRequest, NewTask, Task};
+
+use super::ById;
+use crate::{Action, Cx, Handler, Kernel};
+
+fn agent_of(cx: &Cx) -> Result<&str> {
+    match &cx.principal {
+        Principal::Agent { agent_id, .. } => Ok(agent_id),
+        Principal::Admin { .. } => Err(Error::forbidden("only agents hold leases; use an agent's token")),
+    }
+}
+
+fn random_u64() -> u64 {
+    u64::from_le_bytes(strata_core::secret::random_bytes())
+}
+
+const fn spec(
+    name: &'static str,
+    description: &'static str,
+    effect: Effect,
+    method: Method,
+    path: &'static str,
+    status: u16,
+) -> Spec {
+    Spec {
+        name,
+        description,
+        resource: "task",
+        effect,
+        access: Access::Principal,
+        method,
+        path,
+        status,
+    }
+}
+
+/// `task.submit`
+pub struct SubmitTask;
+
+impl Syscall for SubmitTask {
+    type Request = NewTask;
+    type Response = Submitted;
+    const SPEC: Spec = spec(
+        "task.submit",
+        "Submit a task for any agent declaring its capability. The input is checked against the capability's input schema.",
+        Effect::Store,
+        Method::Post,
+        "/v1/tasks",
+        201,
+    );
+}
+
+impl Handler for SubmitTask {
+    async fn handle(k: &Kernel, cx: &Cx, req: NewTask) -> Result<Action<Submitted>> {
+        let t = k
+            .orchestrator()
+            .prepare_task(req, cx.principal.audit_name(), k.now_ms())
+            .await?;
+        Ok(Action::write(t.id().to_string(), move |c| {
+            Box::pin(task::insert(c, t))
+        }))
+    }
+}
+
+/// A page of tasks.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TaskPage {
+    /// The tasks, oldest first.
+    pub items: Vec<Task>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `task.list`
+pub struct ListTasks;
+
+impl Syscall for ListTasks {
+    type Request = TaskFilter;
+    type Response = TaskPage;
+    const SPEC: Spec = spec(
+        "task.list",
+        "List tasks by state, capability or agent, oldest first, a page at a time.",
+        Effect::Read,
+        Method::Get,
+        "/v1/tasks",
+        200,
+    );
+}
+
+impl Handler for ListTasks {
+    async fn handle(k: &Kernel, _cx: &Cx, req: TaskFilter) -> Result<Action<TaskPage>> {
+        let (items, next) = k.orchestrator().list(&req).await?;
+        Ok(Action::Done(TaskPage { items, next }))
+    }
+}
+
+/// `task.get`
+pub struct GetTask;
+
+impl Syscall for GetTask {
+    type Request = ById;
+    type Response = Task;
+    const SPEC: Spec = spec(
+        "task.get",
+        "Get a task with its state, result or error, and the history of its attempts.",
+        Effect::Read,
+        Method::Get,
+        "/v1/tasks/{id}",
+        200,
+    );
+}
+
+impl Handler for GetTask {
+    async fn handle(k: &Kernel, _cx: &Cx, req: ById) -> Result<Action<Task>> {
+        Ok(Action::Done(k.orchestrator().get(&req.id).await?))
+    }
+}
+
+/// The state of a task after a cancellation.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Cancelled {
+    /// `tsk_…`
+    pub id: String,
+    /// `cancelled`.
+    pub state: strata_orchestrator::TaskState,
+}
+
+/// `task.cancel`
+pub struct CancelTask;
+
+impl Syscall for CancelTask {
+    type Request = ById;
+    type Response = Cancelled;
+    const SPEC: Spec = spec(
+        "task.cancel",
+        "Cancel a task that has not finished (operators, or the agent that submitted it).",
+        Effect::Store,
+        Method::Post,
+        "/v1/tasks/{id}/cancel",
+        200,
+    );
+}
+
+impl Handler for CancelTask {
+    async fn handle(k: &Kernel, cx: &Cx, req: ById) -> Result<Action<Cancelled>> {
+        let t = k.orchestrator().get(&req.id).await?;
+        if !cx.principal.is_admin() && t.submitted_by != cx.principal.audit_name() {
+            return Err(Error::forbidden(
+                "only operators and the submitting agent may cancel a task",
+            ));
+        }
+        let now = k.now_ms();
+        let id = req.id;
+        Ok(Action::write(id.clone(), move |c| {
+            Box::pin(async move {
+                let state = task::cancel(c, &id, now).await?;
+                Ok(Cancelled { id, state })
+            })
+        }))
+    }
+}
+
+/// `task.lease`
+pub struct LeaseTasks;
+
+impl Syscall for LeaseTasks {
+    type Request = LeaseRequest;
+    type Response = LeaseResponse;
+    const SPEC: Spec = spec(
+        "task.lease",
+        "Take ready tasks this agent is capable of, highest priority then oldest; waits up to wait_ms (long poll) when none is ready.",
+        Effect::Store,
+        Method::Post,
+        "/v1/tasks/lease",
+        200,
+    );
+}
+
+impl Handler for LeaseTasks {
+    async fn handle(k: &Kernel, cx: &Cx, req: LeaseRequest) -> Result<Action<LeaseResponse>> {
+        let agent = agent_of(cx)?.to_string();
+        let (wait, max, lease_ms) = req.bounds(k.orchestrator())?;
+        let caps: Vec<String> = k
+            .identity()
+            .capabilities_of(&agent)
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let until = Instant::now() + Duration::from_millis(wait);
+        let mut commits = k.store().commits();
+        commits.borrow_and_update();
+        // Wait without polling: re-check after each commit (a submission or a
+        // requeue), and at least twice a second for retries whose backoff ends.
+        while !k.orchestrator().has_candidates(&agent, &caps, k.now_ms()).await? {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Action::Done(LeaseResponse { tasks: Vec::new() }));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(500)), commits.changed()).await;
+        }
+        let steal_after = k.orchestrator().config().steal_after_ms;
+        let k2 = k.clone();
+        Ok(Action::write(agent.clone(), move |c| {
+            Box::pin(async move {
+                let now = k2.now_ms();
+                let tasks = lease::lease(c, &agent, &caps, max, lease_ms, steal_after, now).await?;
+                Ok(LeaseResponse { tasks })
+            })
+        }))
+    }
+}
+
+/// `task.heartbeat`
+pub struct HeartbeatTask;
+
+impl Syscall for HeartbeatTask {
+    type Request = Heartbeat;
+    type Response = Extended;
+    const SPEC: Spec = spec(
+        "task.heartbeat",
+        "Extend the lease on a task this agent holds.",
+        Effect::Store,
+        Method::Post,
+        "/v1/tasks/{id}/heartbeat",
+        200,
+    );
+}
+
+impl Handler for HeartbeatTask {
+    async fn handle(k: &Kernel, cx: &Cx, req: Heartbeat) -> Result<Action<Extended>> {
+        let agent = agent_of(cx)?.to_string();
+        let lease_ms = lease::lease_len(k.orchestrator(), req.lease_ms, "lease_ms")?;
+        let now = k.now_ms();
+        Ok(Action::write(req.id.clone(), move |c| {
+            Box::pin(async move { lease::heartbeat(c, &req.id, &agent, &req.lease_id, lease_ms, now).await })
+        }))
+    }
+}
+
+/// `task.complete`
+pub struct CompleteTask;
+
+impl Syscall for CompleteTask {
+    type Request = Completion;
+    type Response = Outcome;
+    const SPEC: Spec = spec(
+        "task.complete",
+        "Finish a task this agent holds with its result, checked against the capability's output schema.",
+        Effect::Store,
+        Method::Post,
+        "/v1/tasks/{id}/complete",
+        200,
+    );
+}
+
+impl Handler for CompleteTask {
+    async fn handle(k: &Kernel, cx: &Cx, req: Completion) -> Result<Action<Outcome>> {
+        let agent = agent_of(cx)?.to_string();
+        let t = k.orchestrator().get(&req.id).await?;
+        let caps = k.identity().capabilities_of(&agent).await?;
+        if let Some(cap) = caps.iter().find(|c| c.name == t.capability) {
+            validate(
+                &cap.output_schema,
+                &req.result,
+                ErrorCode::InvalidOutput,
+                "result",
+            )?;
+        }
+        let now = k.now_ms();
+        Ok(Action::write(req.id.clone(), move |c| {
+            Box::pin(
+                async move { lease::complete(c, &req.id, &agent, &req.lease_id, &req.result, now).await },
+            )
+        }))
+    }
+}
+
+/// `task.fail`
+pub struct FailTask;
+
+impl Syscall for FailTask {
+    type Request = Failure;
+    type Response = Outcome;
+    const SPEC: Spec = spec(
+        "task.fail",
+        "Report that an attempt failed: retried with backoff when retryable and attempts remain, else dead-lettered or failed.",
+        Effect::Store,
+        Method::Post,
+        "/v1/tasks/{id}/fail",
+        200,
+    );
+}
+
+impl Handler for FailTask {
+    async fn handle(k: &Kernel, cx: &Cx, req: Failure) -> Result<Action<Outcome>> {
+        let agent = agent_of(cx)?.to_string();
+        let now = k.now_ms();
+        let random = random_u64();
+        Ok(Action::write(req.id.clone(), move |c| {
+            Box::pin(async move { lease::fail(c, &req, &agent, now, random).await })
+        }))
+    }
+}

@@ -1,0 +1,125 @@
+//! Orchestration (L6): work given to agents, guaranteed to finish or to fail visibly.
+//!
+//! - [`task`]: tasks — a capability, an input validated against the capability's
+//!   schema, a priority, a deadline, a retry policy — and their attempt history.
+//! - [`lease`]: agents lease tasks they are capable of (highest priority, then
+//!   oldest), heartbeat, complete with a schema-checked result, or fail.
+//! - [`retry`]: exponential backoff with jitter between attempts.
+//! - [`sweep`]: expired leases requeue their task (at-least-once); exhausted
+//!   tasks go to the dead-letter state; tasks past their deadline fail.
+//!
+//! Like every layer, this crate prepares outside the store's writer and runs only
+//! SQL inside it; the kernel wraps each change with its audit entry. Tables carry
+//! the `orc_` prefix.
+
+pub mod lease;
+pub mod retry;
+pub mod sweep;
+pub mod task;
+
+pub use lease::{LeaseRequest, Leased};
+pub use task::{NewTask, Task, TaskState};
+
+use strata_identity::Identity;
+use strata_store::{Migration, Store};
+
+/// Tunables of the orchestrator.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Lease length when the agent does not ask for one.
+    pub default_lease_ms: i64,
+    /// The longest lease an agent may ask for.
+    pub max_lease_ms: i64,
+    /// How long a task pinned to an agent waits before any capable agent may steal
+    /// it (when the task is `stealable`).
+    pub steal_after_ms: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_lease_ms: 30_000,
+            max_lease_ms: 600_000,
+            steal_after_ms: 5_000,
+        }
+    }
+}
+
+/// The orchestration service.
+#[derive(Clone)]
+pub struct Orchestrator {
+    store: Store,
+    identity: Identity,
+    config: Config,
+}
+
+impl Orchestrator {
+    /// A service over `store`, routing by the capabilities `identity` knows.
+    pub fn new(store: Store, identity: Identity, config: Config) -> Orchestrator {
+        Orchestrator {
+            store,
+            identity,
+            config,
+        }
+    }
+
+    /// Its tunables.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+fn db(e: sqlx::Error) -> strata_core::Error {
+    strata_store::Error::from(e).into()
+}
+
+/// The orchestrator's tables.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    layer: "orchestrator",
+    version: 1,
+    name: "tasks and attempts",
+    sqlite: SCHEMA,
+    postgres: SCHEMA,
+}];
+
+const SCHEMA: &str = "
+CREATE TABLE orc_tasks (
+    id TEXT PRIMARY KEY,
+    capability TEXT NOT NULL,
+    input TEXT NOT NULL,
+    priority BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    pinned_agent TEXT,
+    stealable BIGINT NOT NULL,
+    lease_id TEXT,
+    lease_agent TEXT,
+    lease_expires_at BIGINT,
+    attempts BIGINT NOT NULL,
+    max_attempts BIGINT NOT NULL,
+    backoff_initial_ms BIGINT NOT NULL,
+    backoff_max_ms BIGINT NOT NULL,
+    not_before BIGINT NOT NULL,
+    deadline BIGINT,
+    labels TEXT NOT NULL,
+    parent TEXT,
+    submitted_by TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    finished_at BIGINT
+);
+CREATE INDEX orc_tasks_queue ON orc_tasks (state, capability, priority, created_at);
+CREATE INDEX orc_tasks_leases ON orc_tasks (state, lease_expires_at);
+CREATE TABLE orc_attempts (
+    task_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    agent_id TEXT NOT NULL,
+    lease_id TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    ended_at BIGINT,
+    outcome TEXT,
+    error TEXT,
+    PRIMARY KEY (task_id, attempt)
+);
+";
