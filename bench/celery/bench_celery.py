@@ -137,7 +137,7 @@ def rds():
     if _redis_client is None or _redis_pid != os.getpid():
         import redis
 
-        _redis_client = redis.Redis.from_url(BROKER, socket_timeout=30)
+        _redis_client = redis.Redis.from_url(BROKER, socket_timeout=30, socket_connect_timeout=5)
         _redis_pid = os.getpid()
     return _redis_client
 

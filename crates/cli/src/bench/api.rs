@@ -12,18 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use serde_json::json;
 
 use crate::client::Client;
-use crate::server::{ServeArgs, start};
-
-/// `strata bench …`
-#[derive(Subcommand, Debug)]
-pub(crate) enum BenchCommand {
-    /// Requests/s and p50/p99 latency of agent creation and authenticated reads.
-    Api(ApiArgs),
-}
 
 /// Arguments of `strata bench api`.
 #[derive(Args, Debug)]
@@ -58,11 +50,7 @@ struct Phase {
 
 impl Phase {
     fn pct(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[i] as f64 / 1000.0
+        super::quantile_ms(&self.latencies_us, p)
     }
 
     fn json(&self) -> serde_json::Value {
@@ -74,32 +62,14 @@ impl Phase {
     }
 }
 
-pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Api(args) = cmd;
-    let temp = tempfile::tempdir()?;
-    let mut _running = None;
-    let (url, token) = match &args.url {
-        Some(u) => (
-            u.clone(),
-            args.token
-                .clone()
-                .context("--url needs --token (an admin token)")?,
-        ),
-        None => {
-            let serve = ServeArgs {
-                data_dir: temp.path().join("strata-data"),
-                database: args.database.clone(),
-                listen: "127.0.0.1:0".parse().expect("a literal socket address parses"),
-                max_body_bytes: 1024 * 1024,
-                log_json: false,
-            };
-            let (running, server) = start(&serve).await?;
-            tokio::spawn(async move { server.await });
-            let pair = (running.url(), running.admin_token.clone());
-            _running = Some(running);
-            pair
-        }
-    };
+pub(crate) async fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
+    let target = super::Target::new(
+        args.url.as_deref(),
+        args.token.as_deref(),
+        args.database.as_deref(),
+    )
+    .await?;
+    let (url, token) = (target.url.clone(), target.token.clone());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(30))

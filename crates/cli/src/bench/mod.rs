@@ -1,0 +1,82 @@
+//! `strata bench …`: measurements of a server under load.
+//!
+//! Each benchmark starts a server in this process on a fresh data folder (or
+//! targets `--url`). Client and server share the machine, so figures include the
+//! client's cost and are a floor for what a dedicated server does.
+
+mod api;
+mod tasks;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::server::{Running, ServeArgs, start};
+
+/// `strata bench …`
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Requests/s and p50/p99 latency of agent creation and authenticated reads.
+    Api(api::ApiArgs),
+    /// Tasks/s submit→lease→complete of no-op tasks, and submit-to-lease latency.
+    Tasks(tasks::TasksArgs),
+}
+
+pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::Api(args) => api::run(args).await,
+        BenchCommand::Tasks(args) => tasks::run(args).await,
+    }
+}
+
+/// The server under test: started here, or reached at a URL.
+pub(crate) struct Target {
+    pub(crate) url: String,
+    pub(crate) token: String,
+    _running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl Target {
+    pub(crate) async fn new(
+        url: Option<&str>,
+        token: Option<&str>,
+        database: Option<&str>,
+    ) -> anyhow::Result<Target> {
+        let dir = tempfile::tempdir()?;
+        if let Some(u) = url {
+            let token = token.context("--url needs --token (an admin token)")?;
+            return Ok(Target {
+                url: u.to_string(),
+                token: token.to_string(),
+                _running: None,
+                _dir: dir,
+            });
+        }
+        let serve = ServeArgs {
+            data_dir: dir.path().join("strata-data"),
+            database: database.map(str::to_string),
+            listen: "127.0.0.1:0".parse().expect("a literal socket address parses"),
+            max_body_bytes: 1024 * 1024,
+            log_json: false,
+        };
+        let (running, server) = start(&serve).await?;
+        tokio::spawn(async move { server.await });
+        Ok(Target {
+            url: running.url(),
+            token: running.admin_token.clone(),
+            _running: Some(running),
+            _dir: dir,
+        })
+    }
+}
+
+/// The value at quantile `q` of sorted `xs`, in ms (xs in µs).
+pub(crate) fn quantile_ms(xs: &[u64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let i = ((xs.len() as f64 - 1.0) * q).round() as usize;
+    xs[i] as f64 / 1000.0
+}

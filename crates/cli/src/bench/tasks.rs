@@ -1,0 +1,344 @@
+//! `strata bench tasks`: no-op tasks through submit → lease → complete.
+//!
+//! Phases, each on the same server:
+//! 1. **burn-down** — N tasks are submitted first (the submit rate is reported),
+//!    then the agents drain the queue: completed tasks/s.
+//! 2. **sustained** — submitters and agents run together for `--duration`:
+//!    completed tasks/s.
+//! 3. **latency** — tasks are offered at `--rate`/s for `--duration` while agents
+//!    long-poll; p50/p99 of submit (request sent) → lease (reply received).
+//!
+//! Every transition is a durable, audited syscall over HTTP, one task per
+//! complete call; leases take up to `--batch` tasks.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::{Target, quantile_ms};
+use crate::client::Client;
+
+/// Arguments of `strata bench tasks`.
+#[derive(Args, Debug)]
+pub(crate) struct TasksArgs {
+    /// Agents leasing and completing tasks.
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    /// Tasks in the burn-down phase.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// The most tasks one lease call takes.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 8)]
+    submitters: usize,
+    /// Offered load of the latency phase, tasks/s.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Length of the sustained and latency phases.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Benchmark a running server instead of starting one (needs --token, an admin token).
+    #[arg(long)]
+    url: Option<String>,
+    /// Admin token for --url.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Use PostgreSQL for the in-process server (postgres://…).
+    #[arg(long)]
+    database: Option<String>,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone)]
+struct Bench {
+    http: reqwest::Client,
+    url: String,
+    admin: String,
+    capability: String,
+}
+
+impl Bench {
+    async fn submit(&self) -> Option<String> {
+        let r = self
+            .http
+            .post(format!("{}/v1/tasks", self.url))
+            .bearer_auth(&self.admin)
+            .json(&json!({"capability": self.capability, "input": {}}))
+            .send()
+            .await
+            .ok()?;
+        if r.status().as_u16() != 201 {
+            return None;
+        }
+        let v: Value = r.json().await.ok()?;
+        v["id"].as_str().map(str::to_string)
+    }
+
+    /// One agent: lease, complete each task, until `stop`.
+    async fn work(
+        self,
+        token: String,
+        batch: u32,
+        wait_ms: u64,
+        stop: Arc<AtomicBool>,
+        done: Arc<AtomicU64>,
+        leased: Arc<Mutex<Vec<(String, Instant)>>>,
+    ) {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(r) = self
+                .http
+                .post(format!("{}/v1/tasks/lease", self.url))
+                .bearer_auth(&token)
+                .json(&json!({"max": batch, "wait_ms": wait_ms}))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let at = Instant::now();
+            let Ok(v) = r.json::<Value>().await else { continue };
+            let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+            if let Ok(mut l) = leased.lock() {
+                l.extend(
+                    tasks
+                        .iter()
+                        .filter_map(|t| t["id"].as_str())
+                        .map(|id| (id.to_string(), at)),
+                );
+            }
+            let completes = tasks.iter().map(|t| {
+                let req = self
+                    .http
+                    .post(format!(
+                        "{}/v1/tasks/{}/complete",
+                        self.url,
+                        t["id"].as_str().unwrap_or_default()
+                    ))
+                    .bearer_auth(&token)
+                    .json(&json!({"lease_id": t["lease_id"], "result": {}}));
+                async move {
+                    req.send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .is_some()
+                }
+            });
+            let ok = futures::future::join_all(completes)
+                .await
+                .into_iter()
+                .filter(|ok| *ok)
+                .count();
+            done.fetch_add(ok as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Workers {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    leased: Arc<Mutex<Vec<(String, Instant)>>>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(b: &Bench, tokens: &[String], batch: u32, wait_ms: u64) -> Workers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let leased = Arc::new(Mutex::new(Vec::new()));
+        let handles = tokens
+            .iter()
+            .map(|t| {
+                tokio::spawn(b.clone().work(
+                    t.clone(),
+                    batch,
+                    wait_ms,
+                    stop.clone(),
+                    done.clone(),
+                    leased.clone(),
+                ))
+            })
+            .collect();
+        Workers {
+            stop,
+            done,
+            leased,
+            handles,
+        }
+    }
+
+    async fn stop(self) -> (u64, Vec<(String, Instant)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            let _ = h.await;
+        }
+        let leased = self.leased.lock().map(|l| l.clone()).unwrap_or_default();
+        (self.done.load(Ordering::Relaxed), leased)
+    }
+}
+
+pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
+    let target = Target::new(
+        args.url.as_deref(),
+        args.token.as_deref(),
+        args.database.as_deref(),
+    )
+    .await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let run_id = strata_core::Id::new("run").to_string();
+    let capability = format!("noop-{}", &run_id[4..16]);
+    let admin = Client::new(&target.url, &target.token);
+    let mut tokens = Vec::new();
+    for i in 0..args.agents {
+        let a = admin
+            .post(
+                "/v1/agents",
+                &json!({"name": format!("{capability}-agent-{i}"), "capabilities": [{"name": capability}]}),
+            )
+            .await?;
+        tokens.push(a["token"].as_str().context("no token in the reply")?.to_string());
+    }
+    let b = Bench {
+        http,
+        url: target.url.clone(),
+        admin: target.token.clone(),
+        capability,
+    };
+    let say = |s: String| {
+        if !args.json {
+            eprintln!("{s}");
+        }
+    };
+    say(format!(
+        "bench tasks: {} agents, batch {}, server {}",
+        args.agents, args.batch, target.url
+    ));
+
+    // 1. Burn-down.
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let submitters: Vec<_> = (0..args.submitters)
+        .map(|_| {
+            let (b, next, n) = (b.clone(), next.clone(), args.tasks as u64);
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    b.submit().await;
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        let _ = s.await;
+    }
+    let submit_secs = t0.elapsed().as_secs_f64();
+    say(format!("  submitted {} tasks in {submit_secs:.1} s", args.tasks));
+    let t1 = Instant::now();
+    let workers = Workers::start(&b, &tokens, args.batch, 0);
+    while workers.done.load(Ordering::Relaxed) < args.tasks as u64 && t1.elapsed() < Duration::from_secs(600)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let burn_secs = t1.elapsed().as_secs_f64();
+    let (burned, _) = workers.stop().await;
+
+    // 2. Sustained: submitters and agents together.
+    let workers = Workers::start(&b, &tokens, args.batch, 200);
+    let t2 = Instant::now();
+    let until = t2 + args.duration;
+    let submitters: Vec<_> = (0..args.submitters)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    b.submit().await;
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        let _ = s.await;
+    }
+    let sustained_secs = t2.elapsed().as_secs_f64();
+    let (sustained, _) = workers.stop().await;
+
+    // 3. Latency at an offered load.
+    let workers = Workers::start(&b, &tokens, args.batch, 1000);
+    let submitted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let t3 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut offered = 0u64;
+    let mut inflight = Vec::new();
+    while t3.elapsed() < args.duration {
+        tick.tick().await;
+        let due = (t3.elapsed().as_secs_f64() * args.rate as f64) as u64;
+        while offered < due {
+            offered += 1;
+            let (b, submitted) = (b.clone(), submitted.clone());
+            inflight.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                if let (Some(id), Ok(mut s)) = (b.submit().await, submitted.lock()) {
+                    s.insert(id, sent);
+                }
+            }));
+        }
+    }
+    for f in inflight {
+        let _ = f.await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, leased) = workers.stop().await;
+    let submitted = submitted.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut lat: Vec<u64> = leased
+        .iter()
+        .filter_map(|(id, at)| {
+            submitted
+                .get(id)
+                .map(|s| at.saturating_duration_since(*s).as_micros() as u64)
+        })
+        .collect();
+    lat.sort_unstable();
+
+    let result = json!({
+        "agents": args.agents,
+        "batch": args.batch,
+        "tasks": args.tasks,
+        "submit_tasks_per_sec": (args.tasks as f64 / submit_secs).round(),
+        "burn_down_tasks_per_sec": (burned as f64 / burn_secs).round(),
+        "sustained_tasks_per_sec": (sustained as f64 / sustained_secs).round(),
+        "offered_rate": args.rate,
+        "latency_samples": lat.len(),
+        "p50_submit_to_lease_ms": quantile_ms(&lat, 0.5),
+        "p99_submit_to_lease_ms": quantile_ms(&lat, 0.99),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!("{:<44} {:>12}", "measure", "value");
+        for (k, label) in [
+            ("submit_tasks_per_sec", "submit (pre-fill), tasks/s"),
+            ("burn_down_tasks_per_sec", "burn-down lease→complete, tasks/s"),
+            (
+                "sustained_tasks_per_sec",
+                "sustained submit→lease→complete, tasks/s",
+            ),
+            ("p50_submit_to_lease_ms", "p50 submit→lease at offered rate, ms"),
+            ("p99_submit_to_lease_ms", "p99 submit→lease at offered rate, ms"),
+        ] {
+            println!("{label:<44} {:>12}", result[k]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
