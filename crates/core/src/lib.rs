@@ -2,12 +2,14 @@
 //!
 //! - [`id`]: prefixed, sortable identifiers (`agt_…`, `tok_…`, `int_…`).
 //! - [`error`]: the one table of problem codes and the [`Error`] every layer maps into.
+//! - [`page`]: cursor paging.
 //! - [`time`]: an injectable [`Clock`] and RFC 3339 formatting.
 //! - [`secret`]: sealing small secrets (private keys, vault values) under a master key.
 //! - [`syscall`]: the declaration of a syscall ([`Spec`]) and the [`Principal`] calling it.
 
 pub mod error;
 pub mod id;
+pub mod page;
 pub mod secret;
 pub mod syscall;
 pub mod time;

@@ -284,13 +284,8 @@ impl Identity {
         .fetch_all(self.store.pool())
         .await
         .map_err(db)?;
-        let mut items = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|a| a.id.clone())
-        } else {
-            None
-        };
+        let items = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
+        let (items, next) = strata_core::page::split(items, limit, |a| a.id.clone());
         Ok(Page { items, next })
     }
 }

@@ -366,14 +366,8 @@ impl Orchestrator {
         .fetch_all(self.store.pool())
         .await
         .map_err(db)?;
-        let mut items = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|t| t.id.clone())
-        } else {
-            None
-        };
-        Ok((items, next))
+        let items = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
+        Ok(strata_core::page::split(items, limit, |t| t.id.clone()))
     }
 }
 
