@@ -137,29 +137,34 @@ async fn exec(conn: &mut AnyConnection, sql: &'static str) -> Result<(), Error> 
 async fn run_batch(
     conn: &mut AnyConnection,
     backend: Backend,
-    jobs: impl Iterator<Item = Job>,
+    jobs: impl ExactSizeIterator<Item = Job>,
 ) -> Result<Vec<Finish>, (Error, Vec<Finish>)> {
     let mut finishes = Vec::new();
+    // Every statement costs a round trip (to the SQLite worker thread or to the
+    // PostgreSQL server), so transaction control is folded into as few calls as
+    // possible: one before the first write, one between writes, one at the end.
     let begin = match backend {
         // IMMEDIATE takes the write lock now rather than at the first write.
-        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Sqlite => "BEGIN IMMEDIATE; SAVEPOINT w",
         Backend::Postgres => "BEGIN",
     };
     if let Err(e) = exec(conn, begin).await {
         return Err((e, finishes));
     }
     if backend == Backend::Postgres {
+        // Replicas serialise their batches; the audit chain depends on it.
         let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITER_LOCK);
-        if let Err(e) = (&mut *conn).execute(lock).await {
-            let _ = exec(conn, "ROLLBACK").await;
-            return Err((e.into(), finishes));
-        }
-    }
-    for Job(run) in jobs {
-        if let Err(e) = exec(conn, "SAVEPOINT w").await {
+        let locked = match (&mut *conn).execute(lock).await {
+            Ok(_) => exec(conn, "SAVEPOINT w").await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = locked {
             let _ = exec(conn, "ROLLBACK").await;
             return Err((e, finishes));
         }
+    }
+    let n = jobs.len();
+    for (i, Job(run)) in jobs.enumerate() {
         // A panicking write is a bug, but it must not take the writer (and with it
         // every later write) down: roll it back; its caller sees `Closed`.
         let ok = match AssertUnwindSafe(run(conn)).catch_unwind().await {
@@ -172,19 +177,19 @@ async fn run_batch(
                 false
             }
         };
-        let end = if ok {
-            "RELEASE SAVEPOINT w"
-        } else {
-            "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w"
+        let end = match (ok, i + 1 == n) {
+            (true, false) => "RELEASE SAVEPOINT w; SAVEPOINT w",
+            (false, false) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; SAVEPOINT w",
+            (true, true) => "RELEASE SAVEPOINT w; COMMIT",
+            (false, true) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; COMMIT",
         };
         if let Err(e) = exec(conn, end).await {
             let _ = exec(conn, "ROLLBACK").await;
             return Err((e, finishes));
         }
     }
-    if let Err(e) = exec(conn, "COMMIT").await {
+    if n == 0 {
         let _ = exec(conn, "ROLLBACK").await;
-        return Err((e, finishes));
     }
     Ok(finishes)
 }
