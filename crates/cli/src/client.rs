@@ -27,6 +27,18 @@ impl std::fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+impl Problem {
+    /// The problem in a response body (fields missing when the body is not one).
+    fn from_body(status: u16, body: &Value) -> Problem {
+        let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        Problem {
+            status,
+            code: text("code"),
+            detail: text("detail"),
+        }
+    }
+}
+
 /// An authenticated connection to a Strata server.
 #[derive(Clone)]
 pub(crate) struct Client {
@@ -109,15 +121,27 @@ impl Client {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
         if status >= 400 {
-            let text = |k: &str| value.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-            return Err(Problem {
-                status,
-                code: text("code"),
-                detail: text("detail"),
-            }
-            .into());
+            return Err(Problem::from_body(status, &value).into());
         }
         Ok(value)
+    }
+
+    /// Opens a Server-Sent Events stream at `path`.
+    pub(crate) async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        // A client without the request timeout: the stream lasts as long as it is read.
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(Problem::from_body(status, &value).into());
+        }
+        Ok(resp)
     }
 
     pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {

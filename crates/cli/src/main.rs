@@ -7,6 +7,7 @@ mod client;
 mod demo;
 mod output;
 mod server;
+mod task;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ enum Command {
     /// Mint and revoke bearer tokens.
     #[command(subcommand)]
     Token(client::TokenCommand),
+    /// Submit, inspect, cancel and watch tasks.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
 }
 
 /// How the client reaches a server.
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
             Command::Audit(cmd) => audit::run(cmd).await,
             Command::Agent(cmd) => client::agent(cmd).await,
             Command::Token(cmd) => client::token(cmd).await,
+            Command::Task(cmd) => task::run(cmd).await,
         }
     });
     match result {

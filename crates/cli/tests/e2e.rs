@@ -786,6 +786,7 @@ fn every_subcommand_has_help() {
         &["demo"],
         &["bench"],
         &["bench", "api"],
+        &["bench", "tasks"],
         &["audit"],
         &["audit", "verify"],
         &["audit", "list"],
@@ -797,6 +798,12 @@ fn every_subcommand_has_help() {
         &["token"],
         &["token", "create"],
         &["token", "revoke"],
+        &["task"],
+        &["task", "submit"],
+        &["task", "get"],
+        &["task", "list"],
+        &["task", "cancel"],
+        &["task", "watch"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();

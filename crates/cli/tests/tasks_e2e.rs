@@ -947,3 +947,110 @@ async fn bad_task_calls_change_nothing() {
         "the task list after the refusals"
     );
 }
+
+/// Runs `strata ARGS` against `server` (STRATA_URL/STRATA_TOKEN) and returns stdout.
+fn cli(server: &Server, args: &[&str]) -> String {
+    let out = support::strata()
+        .env("STRATA_URL", &server.url)
+        .env("STRATA_TOKEN", &server.admin_token)
+        .args(args)
+        .output()
+        .expect("run strata");
+    assert!(
+        out.status.success(),
+        "strata {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_cli_submits_lists_gets_cancels_and_watches() {
+    let tmp = tempdir();
+    let server = Server::start(&data_dir(&tmp));
+    let http = http();
+    create_agent(&http, &server, "w1", work_capability()).await;
+
+    // `task watch` follows the event stream from the start; it runs until killed.
+    let mut watch = support::strata()
+        .env("STRATA_URL", &server.url)
+        .env("STRATA_TOKEN", &server.admin_token)
+        .args(["task", "watch", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn strata task watch");
+
+    let submitted: Value = serde_json::from_str(&cli(
+        &server,
+        &[
+            "task",
+            "submit",
+            "work",
+            "--input",
+            r#"{"n": 1}"#,
+            "--priority",
+            "5",
+            "-l",
+            "team=a",
+            "-o",
+            "json",
+        ],
+    ))
+    .expect("submit prints JSON");
+    let id = submitted["id"].as_str().expect("a task id").to_string();
+    assert_eq!(submitted["state"], "queued");
+
+    let got: Value = serde_json::from_str(&cli(&server, &["task", "get", &id, "-o", "json"])).expect("JSON");
+    assert_eq!(
+        (got["input"].clone(), got["priority"].clone()),
+        (json!({"n": 1}), json!(5))
+    );
+    assert_eq!(got["labels"], json!({"team": "a"}));
+
+    let table = cli(&server, &["task", "list", "--state", "queued"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.starts_with("ID")),
+        "{table}"
+    );
+    assert!(table.contains(&id), "{table}");
+
+    let cancelled: Value =
+        serde_json::from_str(&cli(&server, &["task", "cancel", &id, "-o", "json"])).expect("JSON");
+    assert_eq!(cancelled["state"], "cancelled");
+    let empty = cli(&server, &["task", "list", "--state", "queued", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&empty).expect("JSON")["items"],
+        json!([])
+    );
+
+    // The watcher saw the submission and the cancellation of this task, in order.
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut kinds = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kinds.len() < 2 && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let ev: Value = serde_json::from_str(&line).expect("watch prints JSON lines");
+            assert!(
+                ev["kind"].as_str().is_some_and(|k| k.starts_with("task.")),
+                "{ev}"
+            );
+            if ev["subject"] == id {
+                kinds.push(ev["kind"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(kinds, vec!["task.submit", "task.cancel"]);
+}
