@@ -5,6 +5,7 @@
 //! - [`lease`]: agents lease tasks they are capable of (highest priority, then
 //!   oldest), heartbeat, complete with a schema-checked result, or fail.
 //! - [`retry`]: exponential backoff with jitter between attempts.
+//! - [`breaker`]: an agent whose attempts keep failing gets no tasks for a while.
 //! - [`sweep`]: expired leases requeue their task (at-least-once); exhausted
 //!   tasks go to the dead-letter state; tasks past their deadline fail.
 //!
@@ -12,6 +13,7 @@
 //! SQL inside it; the kernel wraps each change with its audit entry. Tables carry
 //! the `orc_` prefix.
 
+pub mod breaker;
 pub mod lease;
 pub mod retry;
 pub mod sweep;
@@ -33,6 +35,10 @@ pub struct Config {
     /// How long a task pinned to an agent waits before any capable agent may steal
     /// it (when the task is `stealable`).
     pub steal_after_ms: i64,
+    /// Consecutive failed or expired attempts that open an agent's circuit breaker.
+    pub breaker_failures: i64,
+    /// How long an open breaker keeps tasks away from the agent, from its last failure.
+    pub breaker_cooldown_ms: i64,
 }
 
 impl Default for Config {
@@ -41,6 +47,8 @@ impl Default for Config {
             default_lease_ms: 30_000,
             max_lease_ms: 600_000,
             steal_after_ms: 5_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
         }
     }
 }
@@ -74,13 +82,22 @@ fn db(e: sqlx::Error) -> strata_core::Error {
 }
 
 /// The orchestrator's tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    layer: "orchestrator",
-    version: 1,
-    name: "tasks and attempts",
-    sqlite: SCHEMA,
-    postgres: SCHEMA,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        layer: "orchestrator",
+        version: 1,
+        name: "tasks and attempts",
+        sqlite: SCHEMA,
+        postgres: SCHEMA,
+    },
+    Migration {
+        layer: "orchestrator",
+        version: 2,
+        name: "attempts by agent",
+        sqlite: "CREATE INDEX orc_attempts_agent ON orc_attempts (agent_id, ended_at)",
+        postgres: "CREATE INDEX orc_attempts_agent ON orc_attempts (agent_id, ended_at)",
+    },
+];
 
 const SCHEMA: &str = "
 CREATE TABLE orc_tasks (

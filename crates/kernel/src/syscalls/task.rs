@@ -198,6 +198,19 @@ impl Handler for LeaseTasks {
             .map(|c| c.name)
             .collect();
         let until = Instant::now() + Duration::from_millis(wait);
+        // An agent whose attempts keep failing gets nothing until its breaker
+        // closes; it still waits out its long poll so it does not spin.
+        if let Some(closes) = k.orchestrator().breaker_open_until(&agent, k.now_ms()).await? {
+            let closes_in = Duration::from_millis(u64::try_from(closes - k.now_ms()).unwrap_or(0));
+            tokio::time::sleep(closes_in.min(until.saturating_duration_since(Instant::now()))).await;
+            if k.orchestrator()
+                .breaker_open_until(&agent, k.now_ms())
+                .await?
+                .is_some()
+            {
+                return Ok(Action::Done(LeaseResponse { tasks: Vec::new() }));
+            }
+        }
         let mut commits = k.store().commits();
         commits.borrow_and_update();
         // Wait without polling: re-check after each commit (a submission or a

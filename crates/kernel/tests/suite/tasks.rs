@@ -417,3 +417,40 @@ crate::on_both_backends!(
     cancelling_is_for_the_submitter_and_operators_and_only_once,
     pinned_tasks_wait_for_their_agent_unless_stealable,
 );
+
+mod breaker {
+    use super::*;
+
+    async fn an_agent_that_keeps_failing_is_offered_no_tasks_until_its_breaker_closes(b: Backend) {
+        let h = Harness::new(b).await;
+        let (_, bad) = worker(&h, "bad").await;
+        let (_, good) = worker(&h, "good").await;
+        for i in 0..5 {
+            let id = submit(
+                &h,
+                json!({"capability": "summarize", "input": {"text": format!("{i}")}}),
+            )
+            .await;
+            let t = lease(&h, &bad, json!({})).await.remove(0);
+            assert_eq!(t["id"], id);
+            let r = json!({"id": id, "lease_id": t["lease_id"], "error": "boom", "retryable": false});
+            h.call(&bad, "task.fail", r).await.unwrap();
+        }
+        let waiting = submit(&h, json!({"capability": "summarize", "input": {"text": "next"}})).await;
+        assert!(
+            lease(&h, &bad, json!({})).await.is_empty(),
+            "the breaker did not open"
+        );
+        h.clock.advance(Duration::from_secs(31));
+        let t = lease(&h, &bad, json!({})).await;
+        assert_eq!(
+            t[0]["id"], waiting,
+            "the breaker did not close after its cooldown"
+        );
+        // The other agent was never affected.
+        submit(&h, json!({"capability": "summarize", "input": {"text": "other"}})).await;
+        assert_eq!(lease(&h, &good, json!({})).await.len(), 1);
+    }
+
+    crate::on_both_backends!(an_agent_that_keeps_failing_is_offered_no_tasks_until_its_breaker_closes);
+}
