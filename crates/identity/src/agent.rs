@@ -30,6 +30,14 @@ pub struct Capability {
     /// JSON Schema of the output it produces.
     #[serde(default = "any_schema")]
     pub output_schema: serde_json::Value,
+    /// How many tasks of this capability the agent runs at once (default 1); its
+    /// load in discovery is tasks held / this.
+    #[serde(default = "one")]
+    pub max_concurrent: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_version() -> String {
@@ -145,6 +153,12 @@ fn check(req: &NewAgent) -> Result<()> {
             return Err(Error::invalid(
                 &format!("capabilities[{i}].name"),
                 format!("'{}' is declared twice", c.name),
+            ));
+        }
+        if c.max_concurrent == 0 || c.max_concurrent > 10_000 {
+            return Err(Error::invalid(
+                &format!("capabilities[{i}].max_concurrent"),
+                "must be 1 to 10000",
             ));
         }
         if c.version.is_empty() || c.version.len() > 32 {
@@ -324,13 +338,15 @@ pub async fn insert(conn: &mut AnyConnection, p: PreparedAgent) -> Result<AgentC
     } = token::insert(conn, p.token).await?;
     for c in &a.capabilities {
         sqlx::query(
-            "INSERT INTO id_capabilities (agent_id, name, version, input_schema, output_schema) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO id_capabilities (agent_id, name, version, input_schema, output_schema, max_concurrent)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&a.id)
         .bind(&c.name)
         .bind(&c.version)
         .bind(c.input_schema.to_string())
         .bind(c.output_schema.to_string())
+        .bind(i64::from(c.max_concurrent))
         .execute(&mut *conn)
         .await
         .map_err(db)?;
@@ -392,6 +408,7 @@ fn declared(r: &sqlx::any::AnyRow) -> Result<Declared> {
             description: String::new(),
             input_schema: schema(3)?,
             output_schema: schema(4)?,
+            max_concurrent: u32::try_from(r.try_get::<i64, _>(5).map_err(db)?).unwrap_or(1),
         },
     })
 }
@@ -400,7 +417,7 @@ impl Identity {
     /// Every live agent's declaration of capability `name`, newest agent first.
     pub async fn declarations(&self, name: &str) -> Result<Vec<Declared>> {
         let rows = sqlx::query(
-            "SELECT agent_id, name, version, input_schema, output_schema FROM id_capabilities WHERE name = $1 ORDER BY agent_id DESC",
+            "SELECT agent_id, name, version, input_schema, output_schema, max_concurrent FROM id_capabilities WHERE name = $1 ORDER BY agent_id DESC",
         )
         .bind(name)
         .fetch_all(self.store.pool())
@@ -412,7 +429,7 @@ impl Identity {
     /// The capabilities a live agent declares.
     pub async fn capabilities_of(&self, agent_id: &str) -> Result<Vec<Capability>> {
         let rows = sqlx::query(
-            "SELECT agent_id, name, version, input_schema, output_schema FROM id_capabilities WHERE agent_id = $1 ORDER BY name",
+            "SELECT agent_id, name, version, input_schema, output_schema, max_concurrent FROM id_capabilities WHERE agent_id = $1 ORDER BY name",
         )
         .bind(agent_id)
         .fetch_all(self.store.pool())

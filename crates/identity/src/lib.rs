@@ -69,6 +69,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: CAPABILITIES,
         postgres: CAPABILITIES,
     },
+    Migration {
+        layer: "identity",
+        version: 3,
+        name: "capability concurrency",
+        sqlite: "ALTER TABLE id_capabilities ADD COLUMN max_concurrent BIGINT NOT NULL DEFAULT 1",
+        postgres: "ALTER TABLE id_capabilities ADD COLUMN max_concurrent BIGINT NOT NULL DEFAULT 1",
+    },
 ];
 
 /// One row per live agent and capability, so routing finds capable agents by name.

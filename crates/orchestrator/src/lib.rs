@@ -5,6 +5,7 @@
 //! - [`lease`]: agents lease tasks they are capable of (highest priority, then
 //!   oldest), heartbeat, complete with a schema-checked result, or fail.
 //! - [`retry`]: exponential backoff with jitter between attempts.
+//! - [`discovery`]: capable agents ranked by success rate, load and trust.
 //! - [`breaker`]: an agent whose attempts keep failing gets no tasks for a while.
 //! - [`sweep`]: expired leases requeue their task (at-least-once); exhausted
 //!   tasks go to the dead-letter state; tasks past their deadline fail.
@@ -14,6 +15,7 @@
 //! the `orc_` prefix.
 
 pub mod breaker;
+pub mod discovery;
 pub mod lease;
 pub mod retry;
 pub mod sweep;

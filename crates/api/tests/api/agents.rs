@@ -42,9 +42,9 @@ async fn create_returns_the_identity_a_first_token_and_the_manifest() {
         a["capabilities"],
         json!([
             {"name": "summarize", "version": "2", "description": "Shortens text",
-             "input_schema": {"type": "object"}, "output_schema": true},
+             "input_schema": {"type": "object"}, "output_schema": true, "max_concurrent": 1},
             {"name": "translate", "version": "1", "description": "",
-             "input_schema": {}, "output_schema": {}}
+             "input_schema": {}, "output_schema": {}, "max_concurrent": 1}
         ])
     );
 

@@ -37,6 +37,7 @@ pub(crate) fn registry() -> Registry {
     r.add::<task::HeartbeatTask>();
     r.add::<task::CompleteTask>();
     r.add::<task::FailTask>();
+    r.add::<task::Discover>();
     r
 }
 

@@ -325,3 +325,33 @@ impl Handler for FailTask {
         }))
     }
 }
+
+/// `discovery.find`
+pub struct Discover;
+
+impl Syscall for Discover {
+    type Request = strata_orchestrator::discovery::Query;
+    type Response = strata_orchestrator::discovery::Ranking;
+    const SPEC: Spec = Spec {
+        name: "discovery.find",
+        description: "Who can do a capability: live agents declaring it, ranked by a score of success rate, load and trust, with the parts shown.",
+        resource: "agent",
+        effect: Effect::Read,
+        access: Access::Principal,
+        method: Method::Get,
+        path: "/v1/discovery",
+        status: 200,
+    };
+}
+
+impl Handler for Discover {
+    async fn handle(
+        k: &Kernel,
+        _cx: &Cx,
+        req: strata_orchestrator::discovery::Query,
+    ) -> Result<Action<strata_orchestrator::discovery::Ranking>> {
+        Ok(Action::Done(
+            k.orchestrator().discover(&req.capability, k.now_ms()).await?,
+        ))
+    }
+}

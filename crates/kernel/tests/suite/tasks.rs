@@ -454,3 +454,99 @@ mod breaker {
 
     crate::on_both_backends!(an_agent_that_keeps_failing_is_offered_no_tasks_until_its_breaker_closes);
 }
+
+mod discovery {
+    use super::*;
+
+    async fn discovery_ranks_capable_agents_by_success_load_and_trust(b: Backend) {
+        let h = Harness::new(b).await;
+        let (good_id, good) = worker(&h, "good").await;
+        let (bad_id, bad) = worker(&h, "bad").await;
+        let trusted = h
+            .call(
+                &h.admin,
+                "agent.create",
+                json!({"name": "trusted", "labels": {"strata.trust": "1"},
+                       "capabilities": [{"name": "summarize", "max_concurrent": 4}]}),
+            )
+            .await
+            .unwrap()
+            .body;
+        let input = json!({"text": "t"});
+        for _ in 0..3 {
+            let id = submit(
+                &h,
+                json!({"capability": "summarize", "input": input, "agent": good_id}),
+            )
+            .await;
+            let t = lease(&h, &good, json!({})).await.remove(0);
+            let r = json!({"id": id, "lease_id": t["lease_id"], "result": {"summary": "s"}});
+            h.call(&good, "task.complete", r).await.unwrap();
+        }
+        for _ in 0..2 {
+            let id = submit(
+                &h,
+                json!({"capability": "summarize", "input": input, "agent": bad_id}),
+            )
+            .await;
+            let t = lease(&h, &bad, json!({})).await.remove(0);
+            let r = json!({"id": id, "lease_id": t["lease_id"], "error": "x", "retryable": false});
+            h.call(&bad, "task.fail", r).await.unwrap();
+        }
+        let found = h
+            .call(&bad, "discovery.find", json!({"capability": "summarize"}))
+            .await
+            .unwrap()
+            .body;
+        let agents = found["agents"].as_array().unwrap();
+        let by_id = |id: &Value| agents.iter().find(|a| a["agent_id"] == *id).unwrap().clone();
+        let g = by_id(&json!(good_id));
+        assert_eq!(g["score_parts"]["success_rate"], 0.8); // (3 + 1) / (3 + 2)
+        assert_eq!(g["recent_attempts"], 3);
+        let bd = by_id(&json!(bad_id));
+        assert_eq!(bd["score_parts"]["success_rate"], 0.25); // (0 + 1) / (2 + 2)
+        let t = by_id(&trusted["id"]);
+        assert_eq!(
+            (t["score_parts"]["trust"].clone(), t["max_concurrent"].clone()),
+            (json!(1.0), json!(4))
+        );
+        // 0.5·0.8 + 0.3·1 + 0.2·0.5 = 0.8 for good; 0.5·0.5 + 0.3 + 0.2·1 = 0.75; 0.5·0.25 + 0.3 + 0.1 = 0.525.
+        let order: Vec<Value> = agents.iter().map(|a| a["agent_id"].clone()).collect();
+        assert_eq!(order, vec![json!(good_id), trusted["id"].clone(), json!(bad_id)]);
+        assert_eq!(g["score"], 0.8);
+
+        // Holding a task at its concurrency makes an agent busy and lowers its score.
+        submit(
+            &h,
+            json!({"capability": "summarize", "input": input, "agent": good_id}),
+        )
+        .await;
+        lease(&h, &good, json!({})).await;
+        let found = h
+            .call(&good, "discovery.find", json!({"capability": "summarize"}))
+            .await
+            .unwrap()
+            .body;
+        let g = found["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["agent_id"] == json!(good_id))
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (g["health"].clone(), g["score_parts"]["load"].clone()),
+            (json!("busy"), json!(1.0))
+        );
+        assert_eq!(found["agents"][0]["agent_id"], trusted["id"]);
+
+        let none = h
+            .call(&good, "discovery.find", json!({"capability": "nobody"}))
+            .await
+            .unwrap()
+            .body;
+        assert_eq!(none["agents"], json!([]));
+    }
+
+    crate::on_both_backends!(discovery_ranks_capable_agents_by_success_load_and_trust);
+}
