@@ -8,11 +8,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support {
+mod support;
+
+mod workers {
+    use crate::support::{Server, call};
     use std::io::{BufRead, BufReader, Read};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, ExitStatus, Stdio};
-    use std::sync::mpsc::{self, RecvTimeoutError};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
     use std::sync::{Arc, Mutex};
     use std::thread;
     use std::time::{Duration, Instant};
@@ -20,46 +22,8 @@ mod support {
     use reqwest::Method;
     use serde_json::{Value, json};
 
-    /// The binary under test.
-    pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_strata");
-
     /// The worker script.
     pub(crate) const WORKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/worker.py");
-
-    /// The longest a child may take to start.
-    pub(crate) const WAIT: Duration = Duration::from_secs(60);
-
-    /// A `strata` command that inherits no `STRATA_*` settings from the caller.
-    pub(crate) fn strata() -> Command {
-        let mut cmd = Command::new(BIN);
-        for key in [
-            "STRATA_URL",
-            "STRATA_TOKEN",
-            "STRATA_DATA_DIR",
-            "STRATA_DATABASE_URL",
-            "STRATA_MASTER_KEY",
-            "STRATA_LISTEN",
-            "STRATA_MAX_BODY_BYTES",
-        ] {
-            cmd.env_remove(key);
-        }
-        cmd.env("NO_COLOR", "1");
-        cmd
-    }
-
-    /// Waits up to `timeout` for `child` to exit.
-    pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("poll a child") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
 
     /// SIGKILL (if still running), and reap.
     fn kill_child(child: &mut Child) {
@@ -67,89 +31,6 @@ mod support {
             let _ = child.kill();
         }
         let _ = child.wait();
-    }
-
-    /// A running `strata serve`, killed when dropped.
-    pub(crate) struct Server {
-        child: Child,
-        log: Arc<Mutex<String>>,
-        pub(crate) url: String,
-        pub(crate) admin_token: String,
-    }
-
-    impl Server {
-        /// Starts a server on `dir` and waits for its URL; panics if it does not serve.
-        pub(crate) fn start(dir: &Path) -> Server {
-            let mut child = strata()
-                .arg("serve")
-                .arg("--data-dir")
-                .arg(dir)
-                .args(["--listen", "127.0.0.1:0"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn strata serve");
-            let log = Arc::new(Mutex::new(String::new()));
-            let (tx, rx) = mpsc::channel();
-            let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-            let sink = log.clone();
-            // Reads stderr to the end (so the server never blocks on a full pipe),
-            // keeping it for failure messages and sending the URL when announced.
-            thread::spawn(move || {
-                let mut buf = Vec::new();
-                while matches!(stderr.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    buf.clear();
-                    sink.lock().expect("log lock").push_str(&line);
-                    if let Some(rest) = line.strip_prefix("strata listening on ") {
-                        let url = rest.split_whitespace().next().unwrap_or_default();
-                        let _ = tx.send(url.to_string());
-                    }
-                }
-            });
-            match rx.recv_timeout(WAIT) {
-                Ok(url) => {
-                    let admin_token = std::fs::read_to_string(dir.join("admin.token"))
-                        .expect("admin.token exists once the server serves")
-                        .trim()
-                        .to_string();
-                    Server {
-                        child,
-                        log,
-                        url,
-                        admin_token,
-                    }
-                }
-                Err(e) => {
-                    if e == RecvTimeoutError::Timeout {
-                        let _ = child.kill();
-                    }
-                    let status = wait_timeout(&mut child, WAIT);
-                    kill_child(&mut child);
-                    panic!(
-                        "strata serve did not serve ({e:?}, exit {status:?}):\n{}",
-                        log.lock().expect("log lock")
-                    );
-                }
-            }
-        }
-
-        /// What the server has written to stderr so far.
-        pub(crate) fn log(&self) -> String {
-            self.log.lock().expect("log lock").clone()
-        }
-
-        /// SIGKILL, and reap the process.
-        pub(crate) fn kill(&mut self) {
-            kill_child(&mut self.child);
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            kill_child(&mut self.child);
-        }
     }
 
     /// A running `worker.py`, killed when dropped.
@@ -242,32 +123,6 @@ mod support {
         fn drop(&mut self) {
             kill_child(&mut self.child);
         }
-    }
-
-    /// An HTTP client that never waits forever.
-    pub(crate) fn http() -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("build an HTTP client")
-    }
-
-    /// Sends one request; returns the status and the JSON body (`Null` if none).
-    pub(crate) async fn call(
-        http: &reqwest::Client,
-        method: Method,
-        url: &str,
-        token: &str,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        let mut req = http.request(method, url).bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     /// `POST {base}{path}` with `body`.
@@ -374,9 +229,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{
-    Server, Worker, create_agent, data_dir, get, http, list_tasks, outcomes, post, task, wait_for,
-};
+use support::{Server, http};
+use workers::{Worker, create_agent, data_dir, get, list_tasks, outcomes, post, task, wait_for};
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("make a temporary folder")
