@@ -32,19 +32,19 @@ pub async fn append(
     subject: &str,
     data: &serde_json::Value,
 ) -> Result<i64> {
-    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM store_events")
-        .fetch_one(&mut *conn)
-        .await?;
-    let seq: i64 = row.try_get::<i64, _>(0)? + 1;
-    sqlx::query("INSERT INTO store_events (seq, at, kind, subject, data) VALUES ($1, $2, $3, $4, $5)")
-        .bind(seq)
-        .bind(at)
-        .bind(kind)
-        .bind(subject)
-        .bind(data.to_string())
-        .execute(&mut *conn)
-        .await?;
-    Ok(seq)
+    // One statement: reading the last number and inserting after it would be two
+    // round trips to the database for every write.
+    let row = sqlx::query(
+        "INSERT INTO store_events (seq, at, kind, subject, data)
+         SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4 FROM store_events RETURNING seq",
+    )
+    .bind(at)
+    .bind(kind)
+    .bind(subject)
+    .bind(data.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get(0)?)
 }
 
 impl Store {
