@@ -239,6 +239,18 @@ pub(crate) enum TokenCommand {
     },
 }
 
+/// `KEY=VALUE` arguments as a JSON object.
+pub(crate) fn parse_labels(labels: &[String]) -> anyhow::Result<Value> {
+    let mut map = serde_json::Map::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("label '{l}' is not KEY=VALUE"))?;
+        map.insert(k.into(), v.into());
+    }
+    Ok(Value::Object(map))
+}
+
 fn capability(spec: &str) -> Value {
     match spec.split_once('@') {
         Some((name, version)) => json!({"name": name, "version": version}),
@@ -264,14 +276,7 @@ pub(crate) async fn agent(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("{} is not a JSON array of capabilities", path.display()))?;
                 caps.extend(more);
             }
-            let mut label_map = serde_json::Map::new();
-            for l in labels {
-                let (k, v) = l
-                    .split_once('=')
-                    .with_context(|| format!("label '{l}' is not KEY=VALUE"))?;
-                label_map.insert(k.into(), v.into());
-            }
-            let body = json!({"name": name, "capabilities": caps, "labels": label_map, "hold_private_key": hold_private_key});
+            let body = json!({"name": name, "capabilities": caps, "labels": parse_labels(&labels)?, "hold_private_key": hold_private_key});
             let v = Client::from_conn(&conn)?.post("/v1/agents", &body).await?;
             print_object(conn.output, &v);
         }

@@ -125,14 +125,7 @@ pub(crate) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                     body[k] = v;
                 }
             }
-            let mut label_map = serde_json::Map::new();
-            for l in labels {
-                let (k, v) = l
-                    .split_once('=')
-                    .with_context(|| format!("label '{l}' is not KEY=VALUE"))?;
-                label_map.insert(k.into(), v.into());
-            }
-            body["labels"] = Value::Object(label_map);
+            body["labels"] = crate::client::parse_labels(&labels)?;
             let v = Client::from_conn(&conn)?.post("/v1/tasks", &body).await?;
             print_object(conn.output, &v);
         }

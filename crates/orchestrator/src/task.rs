@@ -318,6 +318,17 @@ impl Orchestrator {
         })
     }
 
+    /// The capability task `id` needs (one indexed read, for hot paths).
+    pub async fn capability_of(&self, id: &str) -> Result<String> {
+        let row = sqlx::query("SELECT capability FROM orc_tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(db)?
+            .ok_or_else(|| Error::not_found("task", id))?;
+        row.try_get(0).map_err(db)
+    }
+
     /// A task with its attempt history.
     pub async fn get(&self, id: &str) -> Result<Task> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

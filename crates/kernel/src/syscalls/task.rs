@@ -280,9 +280,9 @@ impl Syscall for CompleteTask {
 impl Handler for CompleteTask {
     async fn handle(k: &Kernel, cx: &Cx, req: Completion) -> Result<Action<Outcome>> {
         let agent = agent_of(cx)?.to_string();
-        let t = k.orchestrator().get(&req.id).await?;
+        let capability = k.orchestrator().capability_of(&req.id).await?;
         let caps = k.identity().capabilities_of(&agent).await?;
-        if let Some(cap) = caps.iter().find(|c| c.name == t.capability) {
+        if let Some(cap) = caps.iter().find(|c| c.name == capability) {
             validate(
                 &cap.output_schema,
                 &req.result,
