@@ -26,18 +26,8 @@ pub(crate) struct ApiArgs {
     /// Length of each phase, e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Benchmark a running server instead of starting one (needs --token, an admin token).
-    #[arg(long)]
-    url: Option<String>,
-    /// Admin token for --url.
-    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Use PostgreSQL for the in-process server (postgres://…).
-    #[arg(long)]
-    database: Option<String>,
-    /// Print results as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    target: super::TargetArgs,
 }
 
 struct Phase {
@@ -63,19 +53,14 @@ impl Phase {
 }
 
 pub(crate) async fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
-    let target = super::Target::new(
-        args.url.as_deref(),
-        args.token.as_deref(),
-        args.database.as_deref(),
-    )
-    .await?;
+    let target = super::Target::new(&args.target).await?;
     let (url, token) = (target.url.clone(), target.token.clone());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(30))
         .build()?;
     let admin = Client::new(&url, &token);
-    if !args.json {
+    if !args.target.json {
         eprintln!(
             "bench api: {} connections, {:?} per phase, server {url}",
             args.connections, args.duration
@@ -149,7 +134,7 @@ pub(crate) async fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
     };
 
     let results = [create, read];
-    if args.json {
+    if args.target.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&results.iter().map(Phase::json).collect::<Vec<_>>())?

@@ -10,7 +10,7 @@ mod tasks;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use crate::server::{Running, ServeArgs, start};
 
@@ -30,6 +30,23 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Which server a benchmark measures, and how it reports.
+#[derive(Args, Debug)]
+pub(crate) struct TargetArgs {
+    /// Benchmark a running server instead of starting one (needs --token, an admin token).
+    #[arg(long)]
+    url: Option<String>,
+    /// Admin token for --url.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Use PostgreSQL for the in-process server (postgres://…).
+    #[arg(long)]
+    database: Option<String>,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// The server under test: started here, or reached at a URL.
 pub(crate) struct Target {
     pub(crate) url: String,
@@ -39,11 +56,12 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub(crate) async fn new(
-        url: Option<&str>,
-        token: Option<&str>,
-        database: Option<&str>,
-    ) -> anyhow::Result<Target> {
+    pub(crate) async fn new(args: &TargetArgs) -> anyhow::Result<Target> {
+        let (url, token, database) = (
+            args.url.as_deref(),
+            args.token.as_deref(),
+            args.database.as_deref(),
+        );
         let dir = tempfile::tempdir()?;
         if let Some(u) = url {
             let token = token.context("--url needs --token (an admin token)")?;

@@ -45,18 +45,8 @@ pub(crate) struct TasksArgs {
     /// Length of the sustained and latency phases.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Benchmark a running server instead of starting one (needs --token, an admin token).
-    #[arg(long)]
-    url: Option<String>,
-    /// Admin token for --url.
-    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Use PostgreSQL for the in-process server (postgres://…).
-    #[arg(long)]
-    database: Option<String>,
-    /// Print results as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    target: super::TargetArgs,
 }
 
 #[derive(Clone)]
@@ -188,12 +178,7 @@ impl Workers {
 }
 
 pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
-    let target = Target::new(
-        args.url.as_deref(),
-        args.token.as_deref(),
-        args.database.as_deref(),
-    )
-    .await?;
+    let target = Target::new(&args.target).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(60))
@@ -218,7 +203,7 @@ pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         capability,
     };
     let say = |s: String| {
-        if !args.json {
+        if !args.target.json {
             eprintln!("{s}");
         }
     };
@@ -323,7 +308,7 @@ pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         "p50_submit_to_lease_ms": quantile_ms(&lat, 0.5),
         "p99_submit_to_lease_ms": quantile_ms(&lat, 0.99),
     });
-    if args.json {
+    if args.target.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!("{:<44} {:>12}", "measure", "value");
