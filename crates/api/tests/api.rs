@@ -7,6 +7,7 @@ mod api {
     mod audit;
     mod auth;
     mod errors;
+    mod escalations;
     mod events;
     mod fuzz;
     mod idempotency;

@@ -43,6 +43,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         listen: "127.0.0.1:0".parse().expect("a literal socket address parses"),
         max_body_bytes: 1024 * 1024,
         log_json: false,
+        no_reconciler: false,
     };
     let (running, server) = start(&serve).await?;
     let url = running.url();

@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod client;
 mod demo;
+mod fleet;
 mod output;
 mod server;
 mod task;
@@ -43,6 +44,64 @@ enum Command {
     /// Submit, inspect, cancel and watch tasks.
     #[command(subcommand)]
     Task(task::TaskCommand),
+    /// Create or update what a manifest declares (kind: Agent | Supervision).
+    Apply {
+        /// The manifest (YAML, one or more documents).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete what a manifest declares (-f FILE), or one deployment (`agent NAME`).
+    Delete {
+        /// The manifest.
+        #[arg(short = 'f', long = "filename")]
+        file: Option<PathBuf>,
+        /// `agent`, with NAME.
+        #[arg(value_parser = ["agent"], requires = "name")]
+        kind: Option<String>,
+        /// The deployment's name.
+        name: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List managed agents, deployments or open escalations.
+    Get {
+        /// What to list.
+        #[arg(value_enum)]
+        kind: fleet::Kind,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a deployment of managed agents: spec, replicas, restarts, health.
+    Describe {
+        /// `agent`.
+        #[arg(value_parser = ["agent"])]
+        kind: String,
+        /// The deployment (or replica, NAME-0) name.
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the recent output of a deployment's replicas (or of replica NAME-i).
+    Logs {
+        /// The deployment or replica name.
+        name: String,
+        /// Only this replica.
+        #[arg(long)]
+        replica: Option<u32>,
+        /// How many recent lines.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List and settle escalated tasks.
+    #[command(subcommand)]
+    Escalation(fleet::EscalationCommand),
 }
 
 /// How the client reaches a server.
@@ -102,6 +161,18 @@ fn main() -> ExitCode {
             Command::Agent(cmd) => client::agent(cmd).await,
             Command::Token(cmd) => client::token(cmd).await,
             Command::Task(cmd) => task::run(cmd).await,
+            Command::Apply { file, conn } => fleet::apply(file, conn).await,
+            Command::Delete { file, name, conn, .. } => fleet::delete(file, name, conn).await,
+            Command::Get { kind, conn } => fleet::get(kind, conn).await,
+            Command::Describe { name, conn, .. } => fleet::describe(name, conn).await,
+            Command::Logs {
+                name,
+                replica,
+                tail,
+                follow,
+                conn,
+            } => fleet::logs(name, replica, tail, follow, conn).await,
+            Command::Escalation(cmd) => fleet::escalation(cmd).await,
         }
     });
     match result {

@@ -28,6 +28,10 @@ pub(crate) struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub(crate) log_json: bool,
+    /// Do not run managed agents here (with several replicas on PostgreSQL, run
+    /// the reconciler on exactly one).
+    #[arg(long, env = "STRATA_NO_RECONCILER")]
+    pub(crate) no_reconciler: bool,
 }
 
 /// A running server.
@@ -56,6 +60,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("server failed")?;
+    running.kernel.stop_fleet().await;
     running.kernel.store().close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -104,13 +109,28 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     if made {
         tracing::info!(path = %token_path.display(), "wrote a new admin token");
     }
-    let admin_token = std::fs::read_to_string(&token_path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
+    let admin_token = match std::fs::read_to_string(&token_path) {
+        Ok(s) => s.trim().to_string(),
+        Err(_) => {
+            tracing::warn!(
+                path = %token_path.display(),
+                "the database already has an admin token but this data folder holds none: use the \
+                 existing token (STRATA_TOKEN) or mint one with `strata token create --admin`"
+            );
+            String::new()
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if !args.no_reconciler {
+        let mut local = addr;
+        if local.ip().is_unspecified() {
+            local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        kernel.spawn_reconciler(format!("http://{local}"));
+    }
     let app = strata_api::router(
         kernel.clone(),
         strata_api::Options {

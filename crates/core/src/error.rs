@@ -54,6 +54,7 @@ codes! {
     IdempotencyKeyReused = "idempotency_key_reused", 409, "The Idempotency-Key was already used with a different request.";
     LeaseLost = "lease_lost", 409, "The caller no longer holds the task's lease (it expired or was never theirs).";
     TaskFinished = "task_finished", 409, "The task has already reached a terminal state.";
+    EscalationResolved = "escalation_resolved", 409, "The escalation has already been resolved.";
     PayloadTooLarge = "payload_too_large", 413, "The request body exceeds the configured limit.";
     UnsupportedMediaType = "unsupported_media_type", 415, "The request body must be application/json.";
     NoCapableAgent = "no_capable_agent", 422, "No live agent declares the capability (submit with allow_unroutable to queue anyway).";

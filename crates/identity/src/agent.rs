@@ -287,6 +287,18 @@ impl Identity {
         }
     }
 
+    /// The live agent named `name`, if any.
+    pub async fn by_name(&self, name: &str) -> Result<Option<Agent>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM id_agents WHERE name = $1 AND deleted_at IS NULL"
+        )))
+        .bind(name)
+        .fetch_optional(self.store.pool())
+        .await
+        .map_err(db)?;
+        row.as_ref().map(read).transpose()
+    }
+
     /// Lists live agents in creation order, `limit` at a time after cursor `after`.
     pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Page<Agent>> {
         let limit = i64::from(limit.clamp(1, 500));
@@ -437,4 +449,14 @@ impl Identity {
         .map_err(db)?;
         rows.iter().map(|r| declared(r).map(|d| d.capability)).collect()
     }
+}
+
+/// The live agents declaring capability `name`, read on `conn` (inside the writer).
+pub async fn declarers(conn: &mut sqlx::AnyConnection, name: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT agent_id FROM id_capabilities WHERE name = $1")
+        .bind(name)
+        .fetch_all(conn)
+        .await
+        .map_err(db)?;
+    rows.iter().map(|r| r.try_get(0).map_err(db)).collect()
 }

@@ -7,11 +7,12 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use strata_core::{Id, Result};
 use strata_governance::{AuditDraft, audit};
+use strata_orchestrator::supervise::Supervised;
 use strata_orchestrator::sweep::{Swept, sweep};
-use strata_store::event;
+use strata_store::{AnyConnection, event};
 
 use crate::Kernel;
 
@@ -27,19 +28,11 @@ impl Kernel {
                 Box::pin(async move {
                     let swept = sweep(c, now, 500).await?;
                     for s in &swept {
-                        let draft = AuditDraft {
-                            at: now,
-                            principal: "system".into(),
-                            syscall: format!("task.{}", s.reason),
-                            resource: s.task_id.clone(),
-                            intent_id: Id::new("int").to_string(),
-                            outcome: "ok".into(),
-                            status: 200,
-                            request_digest: String::new(),
-                        };
-                        audit::append(c, &draft).await?;
-                        let data = json!({"principal": "system", "state": s.state, "reason": s.reason});
-                        event::append(c, now, &draft.syscall, &s.task_id, &data).await?;
+                        let data = json!({"state": s.state, "reason": s.reason});
+                        record_system(c, now, &format!("task.{}", s.reason), &s.task_id, data).await?;
+                        if let Some(sup) = &s.supervision {
+                            record_supervision(c, now, &s.task_id, sup).await?;
+                        }
                     }
                     Ok(swept)
                 })
@@ -66,4 +59,41 @@ impl Kernel {
             }
         })
     }
+}
+
+/// Audits and publishes a transition Strata made on its own, as `system`
+/// (inside the writer).
+pub(crate) async fn record_system(
+    c: &mut AnyConnection,
+    now: i64,
+    syscall: &str,
+    resource: &str,
+    mut data: Value,
+) -> Result<()> {
+    let draft = AuditDraft {
+        at: now,
+        principal: "system".into(),
+        syscall: syscall.to_string(),
+        resource: resource.to_string(),
+        intent_id: Id::new("int").to_string(),
+        outcome: "ok".into(),
+        status: 200,
+        request_digest: String::new(),
+    };
+    audit::append(c, &draft).await?;
+    data["principal"] = json!("system");
+    event::append(c, now, syscall, resource, &data).await?;
+    Ok(())
+}
+
+/// Audits what supervision did to a task that died: `task.reassigned`,
+/// `task.escalated_to_agent` or `task.escalated_to_human` (inside the writer).
+pub(crate) async fn record_supervision(
+    c: &mut AnyConnection,
+    now: i64,
+    task_id: &str,
+    s: &Supervised,
+) -> Result<()> {
+    let data = serde_json::to_value(s).map_err(strata_core::Error::internal)?;
+    record_system(c, now, &format!("task.{}", s.action), task_id, data).await
 }

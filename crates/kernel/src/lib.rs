@@ -15,6 +15,7 @@
 
 mod auth;
 mod background;
+pub mod fleet;
 mod hooks;
 pub mod metrics;
 mod pipeline;
@@ -88,6 +89,7 @@ struct Inner {
     registry: Registry,
     tokens: auth::TokenCache,
     metrics: metrics::Metrics,
+    fleet: fleet::Fleet,
 }
 
 impl Kernel {
@@ -101,11 +103,13 @@ impl Kernel {
                     store.clone(),
                     Identity::new(store.clone(), config.clock.clone(), config.master_key.clone()),
                     config.orchestrator,
+                    config.clock.clone(),
                 ),
                 identity: Identity::new(store.clone(), config.clock.clone(), config.master_key.clone()),
                 master_key: config.master_key,
                 store,
                 clock: config.clock,
+                fleet: fleet::Fleet::default(),
                 policy: config.policy,
                 budget: config.budget,
                 meter: config.meter,
@@ -134,6 +138,11 @@ impl Kernel {
     /// The orchestration layer.
     pub fn orchestrator(&self) -> &Orchestrator {
         &self.inner.orchestrator
+    }
+
+    /// The managed agents this server runs.
+    pub fn fleet(&self) -> &fleet::Fleet {
+        &self.inner.fleet
     }
 
     /// The kernel's clock, read now (epoch ms).

@@ -87,8 +87,29 @@ impl Kernel {
             Ok(p) => p,
             Err(e) => return (Err(e), None),
         };
+        // Every call by an agent is a heartbeat; a long poll keeps it present.
+        let _present = match &principal {
+            Principal::Agent { agent_id, .. } => Some(self.orchestrator().presence().enter(agent_id)),
+            Principal::Admin { .. } => None,
+        };
         let result = self.run_as(entry, principal.clone(), req).await;
         (result, Some(principal))
+    }
+
+    /// Runs syscall `name` as `principal`, which Strata itself vouches for (its
+    /// reconciler acting as an operator). Audited like any call.
+    pub async fn call_as(&self, principal: Principal, name: &str, input: Value) -> Result<Value> {
+        let Some(idx) = self.inner.registry.index_of(name) else {
+            return Err(Error::internal(format!("no syscall is named '{name}'")));
+        };
+        let entry = &self.inner.registry.entries()[idx];
+        let req = Request {
+            syscall: name.to_string(),
+            token: None,
+            input,
+            idempotency_key: None,
+        };
+        Ok(self.run_as(entry, principal, req).await?.body)
     }
 
     async fn run_as(&self, entry: &Entry, principal: Principal, req: Request) -> Result<Reply> {

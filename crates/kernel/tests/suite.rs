@@ -10,5 +10,6 @@ mod suite {
     mod identity;
     mod integrity;
     mod store;
+    mod supervision;
     mod tasks;
 }

@@ -11,6 +11,8 @@
 //! ```
 //!
 //! The +1/+2 smoothing gives a new agent 0.5 rather than 0 or 1 from one sample.
+//! Health (healthy, busy, degraded, stuck, offline) is reported beside the score
+//! and does not change it: an agent that is not calling takes no work anyway.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -63,8 +65,14 @@ pub struct Candidate {
     pub in_flight: i64,
     /// Its declared concurrency for this capability.
     pub max_concurrent: u32,
-    /// `healthy`, `busy` (at its concurrency) or `tripped` (breaker open).
+    /// `healthy`; `busy` (at its concurrency); `degraded` (breaker open, or most
+    /// recent attempts failed); `stuck` (silent but holding leases); `offline`
+    /// (silent, or not seen since this server started).
     pub health: String,
+    /// Milliseconds since its last call to Strata (0 while a call is in
+    /// progress); absent when not seen since this server started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silent_ms: Option<i64>,
     /// When its circuit breaker closes (epoch ms), while open.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker_open_until: Option<i64>,
@@ -129,10 +137,19 @@ impl Orchestrator {
             } else {
                 ws * parts.success_rate + wl * (1.0 - parts.load) + wt * parts.trust
             };
-            let health = match (breaker, in_flight >= i64::from(max)) {
-                (Some(_), _) => "tripped",
-                (None, true) => "busy",
-                (None, false) => "healthy",
+            let silent_ms = self.presence.silent_for(&d.agent_id);
+            let silent = silent_ms.is_none_or(|s| s > self.config.offline_after_ms);
+            let failing = ended >= 5 && parts.success_rate < 0.5;
+            let health = if silent && in_flight > 0 {
+                "stuck"
+            } else if silent {
+                "offline"
+            } else if breaker.is_some() || failing {
+                "degraded"
+            } else if in_flight >= i64::from(max) {
+                "busy"
+            } else {
+                "healthy"
             };
             agents.push(Candidate {
                 agent_id: d.agent_id,
@@ -145,6 +162,7 @@ impl Orchestrator {
                 in_flight,
                 max_concurrent: max,
                 health: health.to_string(),
+                silent_ms,
                 breaker_open_until: breaker,
             });
         }

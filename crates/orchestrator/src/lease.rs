@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
 
+use crate::supervise::{Supervised, after_death};
 use crate::task::{TaskState, current, end_attempt};
 use crate::{Orchestrator, db, retry};
 
@@ -120,6 +121,9 @@ pub struct Outcome {
     /// When it will next be leasable, when requeued for a retry (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<String>,
+    /// What supervision did when the task died (reassigned or escalated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervision: Option<Supervised>,
 }
 
 impl LeaseRequest {
@@ -154,6 +158,7 @@ fn candidates_sql(select: &str, n_caps: usize) -> String {
     format!(
         "SELECT {select} FROM orc_tasks WHERE state = 'queued' AND not_before <= $1
            AND (pinned_agent IS NULL OR pinned_agent = $2 OR (stealable = 1 AND created_at <= $3))
+           AND (avoid_agent IS NULL OR avoid_agent <> $2)
            AND capability IN ({})
          ORDER BY priority DESC, created_at, id LIMIT $4",
         caps.join(", ")
@@ -315,6 +320,7 @@ pub async fn complete(
         id: id.to_string(),
         state: TaskState::Succeeded,
         retry_at: None,
+        supervision: None,
     })
 }
 
@@ -329,13 +335,16 @@ pub async fn fail(
 ) -> Result<Outcome> {
     let attempt = holding(conn, &f.id, agent, &f.lease_id).await?;
     end_attempt(conn, &f.id, attempt, "failed", Some(&f.error), now).await?;
-    requeue_or_end(conn, &f.id, attempt, f.retryable, &f.error, now, random).await
+    requeue_or_end(conn, &f.id, agent, attempt, f.retryable, &f.error, now, random).await
 }
 
-/// After a failed or expired attempt: back to the queue, or to `dead` / `failed`.
+/// After a failed or expired attempt by `agent`: back to the queue, or to
+/// `failed`, or to `dead` — and then whatever its supervision policy says.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn requeue_or_end(
     conn: &mut AnyConnection,
     id: &str,
+    agent: &str,
     attempt: i64,
     retryable: bool,
     error: &serde_json::Value,
@@ -377,9 +386,15 @@ pub(crate) async fn requeue_or_end(
     .execute(&mut *conn)
     .await
     .map_err(db)?;
+    let (state, supervision) = if state == TaskState::Dead {
+        after_death(conn, id, agent, now).await?
+    } else {
+        (state, None)
+    };
     Ok(Outcome {
         id: id.to_string(),
         state,
         retry_at: not_before.map(rfc3339),
+        supervision,
     })
 }

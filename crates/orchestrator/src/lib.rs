@@ -6,7 +6,11 @@
 //!   oldest), heartbeat, complete with a schema-checked result, or fail.
 //! - [`retry`]: exponential backoff with jitter between attempts.
 //! - [`discovery`]: capable agents ranked by success rate, load and trust.
+//! - [`fleet`]: the desired state of managed agents (the kernel reconciles it).
+//! - [`presence`]: when each agent last called, for health and liveness.
 //! - [`breaker`]: an agent whose attempts keep failing gets no tasks for a while.
+//! - [`supervise`]: what happens when a task dies — reassignment, or an
+//!   escalation to a supervisor agent or to operators — and its resolution.
 //! - [`sweep`]: expired leases requeue their task (at-least-once); exhausted
 //!   tasks go to the dead-letter state; tasks past their deadline fail.
 //!
@@ -16,14 +20,20 @@
 
 pub mod breaker;
 pub mod discovery;
+pub mod fleet;
 pub mod lease;
+pub mod presence;
 pub mod retry;
+pub mod supervise;
 pub mod sweep;
 pub mod task;
 
 pub use lease::{LeaseRequest, Leased};
 pub use task::{NewTask, Task, TaskState};
 
+use std::sync::Arc;
+
+use strata_core::time::Clock;
 use strata_identity::Identity;
 use strata_store::{Migration, Store};
 
@@ -41,6 +51,9 @@ pub struct Config {
     pub breaker_failures: i64,
     /// How long an open breaker keeps tasks away from the agent, from its last failure.
     pub breaker_cooldown_ms: i64,
+    /// Silence after which discovery reports an agent `offline` (or `stuck`
+    /// when it still holds leases).
+    pub offline_after_ms: i64,
 }
 
 impl Default for Config {
@@ -51,6 +64,7 @@ impl Default for Config {
             steal_after_ms: 5_000,
             breaker_failures: 5,
             breaker_cooldown_ms: 30_000,
+            offline_after_ms: 10_000,
         }
     }
 }
@@ -61,16 +75,24 @@ pub struct Orchestrator {
     store: Store,
     identity: Identity,
     config: Config,
+    presence: presence::Presence,
 }
 
 impl Orchestrator {
-    /// A service over `store`, routing by the capabilities `identity` knows.
-    pub fn new(store: Store, identity: Identity, config: Config) -> Orchestrator {
+    /// A service over `store`, routing by the capabilities `identity` knows,
+    /// measuring presence with `clock`.
+    pub fn new(store: Store, identity: Identity, config: Config, clock: Arc<dyn Clock>) -> Orchestrator {
         Orchestrator {
             store,
             identity,
             config,
+            presence: presence::Presence::new(clock),
         }
+    }
+
+    /// When agents were last seen.
+    pub fn presence(&self) -> &presence::Presence {
+        &self.presence
     }
 
     /// Its tunables.
@@ -98,6 +120,20 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "attempts by agent",
         sqlite: "CREATE INDEX orc_attempts_agent ON orc_attempts (agent_id, ended_at)",
         postgres: "CREATE INDEX orc_attempts_agent ON orc_attempts (agent_id, ended_at)",
+    },
+    Migration {
+        layer: "orchestrator",
+        version: 3,
+        name: "supervision and escalations",
+        sqlite: supervise::SCHEMA,
+        postgres: supervise::SCHEMA,
+    },
+    Migration {
+        layer: "orchestrator",
+        version: 4,
+        name: "managed agents",
+        sqlite: fleet::SCHEMA,
+        postgres: fleet::SCHEMA,
     },
 ];
 

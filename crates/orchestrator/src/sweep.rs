@@ -11,6 +11,7 @@ use strata_core::Result;
 
 use crate::db;
 use crate::lease::requeue_or_end;
+use crate::supervise::Supervised;
 use crate::task::{TaskState, end_attempt};
 
 /// One transition the sweeper made.
@@ -22,6 +23,8 @@ pub struct Swept {
     pub reason: &'static str,
     /// The state it moved to.
     pub state: TaskState,
+    /// What supervision did, when the task died.
+    pub supervision: Option<Supervised>,
 }
 
 /// Handles up to `limit` expired leases and missed deadlines (inside the writer).
@@ -55,10 +58,11 @@ pub async fn sweep(conn: &mut AnyConnection, now: i64, limit: i64) -> Result<Vec
             task_id: id,
             reason: "deadline_exceeded",
             state: TaskState::Failed,
+            supervision: None,
         });
     }
     let expired = sqlx::query(
-        "SELECT id, attempts FROM orc_tasks WHERE state = 'leased' AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2",
+        "SELECT id, attempts, lease_agent FROM orc_tasks WHERE state = 'leased' AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2",
     )
     .bind(now)
     .bind(limit)
@@ -68,10 +72,11 @@ pub async fn sweep(conn: &mut AnyConnection, now: i64, limit: i64) -> Result<Vec
     for r in expired {
         let id: String = r.try_get(0).map_err(db)?;
         let attempt: i64 = r.try_get(1).map_err(db)?;
+        let agent: String = r.try_get::<Option<String>, _>(2).map_err(db)?.unwrap_or_default();
         let error = serde_json::json!({"code": "lease_expired"});
         end_attempt(conn, &id, attempt, "expired", Some(&error), now).await?;
         // An expired lease is retried at once: the agent, not the task, failed.
-        let outcome = requeue_or_end(conn, &id, attempt, true, &error, now, 0).await?;
+        let outcome = requeue_or_end(conn, &id, &agent, attempt, true, &error, now, 0).await?;
         if outcome.state == TaskState::Queued {
             sqlx::query("UPDATE orc_tasks SET not_before = $2 WHERE id = $1")
                 .bind(&id)
@@ -84,6 +89,7 @@ pub async fn sweep(conn: &mut AnyConnection, now: i64, limit: i64) -> Result<Vec
             task_id: id,
             reason: "lease_expired",
             state: outcome.state,
+            supervision: outcome.supervision,
         });
     }
     Ok(out)

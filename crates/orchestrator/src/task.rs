@@ -64,7 +64,7 @@ impl TaskState {
 }
 
 /// A request to submit a task.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     /// The capability an agent must declare to run it.
@@ -221,6 +221,25 @@ pub struct PreparedTask {
 }
 
 impl PreparedTask {
+    /// A task Strata submits itself (a review task), without a deadline.
+    pub(crate) fn new(
+        req: NewTask,
+        max_attempts: i64,
+        backoff: Backoff,
+        submitted_by: String,
+        now: i64,
+    ) -> PreparedTask {
+        PreparedTask {
+            id: Id::new("tsk").to_string(),
+            req,
+            deadline: None,
+            max_attempts,
+            backoff,
+            submitted_by,
+            now,
+        }
+    }
+
     /// The id the task will have.
     pub fn id(&self) -> &str {
         &self.id
@@ -340,23 +359,7 @@ impl Orchestrator {
         .map_err(db)?
         .ok_or_else(|| Error::not_found("task", id))?;
         let mut task = read(&row)?;
-        let rows = sqlx::query(
-            "SELECT attempt, agent_id, started_at, ended_at, outcome, error FROM orc_attempts WHERE task_id = $1 ORDER BY attempt",
-        )
-        .bind(id)
-        .fetch_all(self.store.pool())
-        .await
-        .map_err(db)?;
-        for r in rows {
-            task.history.push(Attempt {
-                attempt: r.try_get(0).map_err(db)?,
-                agent_id: r.try_get(1).map_err(db)?,
-                started_at: rfc3339(r.try_get(2).map_err(db)?),
-                ended_at: r.try_get::<Option<i64>, _>(3).map_err(db)?.map(rfc3339),
-                outcome: r.try_get(4).map_err(db)?,
-                error: json_opt(r.try_get(5).map_err(db)?)?,
-            });
-        }
+        task.history = history(self.store.pool(), id).await?;
         Ok(task)
     }
 
@@ -380,6 +383,32 @@ impl Orchestrator {
         let items = rows.iter().map(read).collect::<Result<Vec<_>>>()?;
         Ok(strata_core::page::split(items, limit, |t| t.id.clone()))
     }
+}
+
+/// The attempts at task `id`, oldest first.
+pub(crate) async fn history<'e, E>(exec: E, id: &str) -> Result<Vec<Attempt>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT attempt, agent_id, started_at, ended_at, outcome, error FROM orc_attempts WHERE task_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(exec)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            Ok(Attempt {
+                attempt: r.try_get(0).map_err(db)?,
+                agent_id: r.try_get(1).map_err(db)?,
+                started_at: rfc3339(r.try_get(2).map_err(db)?),
+                ended_at: r.try_get::<Option<i64>, _>(3).map_err(db)?.map(rfc3339),
+                outcome: r.try_get(4).map_err(db)?,
+                error: json_opt(r.try_get(5).map_err(db)?)?,
+            })
+        })
+        .collect()
 }
 
 /// Filters for listing tasks.

@@ -450,6 +450,8 @@ async fn every_documented_code_has_a_test_here() {
         "lease_lost",
         "task_finished",
         "no_capable_agent",
+        // In escalations.rs:
+        "escalation_resolved",
     ];
     let untestable = ["conflict", "unavailable", "internal"];
     for c in strata_core::ErrorCode::ALL {

@@ -1,10 +1,12 @@
 //! `strata bench …`: measurements of a server under load.
 //!
-//! Each benchmark starts a server in this process on a fresh data folder (or
-//! targets `--url`). Client and server share the machine, so figures include the
+//! `api` and `tasks` start a server in this process on a fresh data folder (or
+//! target `--url`); `recovery` runs it as a child process so it can kill it.
+//! Client and server share the machine, so figures include the
 //! client's cost and are a floor for what a dedicated server does.
 
 mod api;
+mod recovery;
 mod tasks;
 
 use std::process::ExitCode;
@@ -21,12 +23,16 @@ pub(crate) enum BenchCommand {
     Api(api::ApiArgs),
     /// Tasks/s submit→lease→complete of no-op tasks, and submit-to-lease latency.
     Tasks(tasks::TasksArgs),
+    /// Recovery from a SIGKILL under load: restart to ready, re-dispatch of orphaned
+    /// tasks, dead-agent detection, and no acknowledged task lost or completed twice.
+    Recovery(recovery::RecoveryArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Tasks(args) => tasks::run(args).await,
+        BenchCommand::Recovery(args) => recovery::run(args).await,
     }
 }
 
@@ -78,6 +84,7 @@ impl Target {
             listen: "127.0.0.1:0".parse().expect("a literal socket address parses"),
             max_body_bytes: 1024 * 1024,
             log_json: false,
+            no_reconciler: false,
         };
         let (running, server) = start(&serve).await?;
         tokio::spawn(async move { server.await });

@@ -8,6 +8,8 @@
 pub mod agent;
 pub mod audit;
 pub mod event;
+pub mod fleet;
+pub mod supervise;
 pub mod task;
 pub mod token;
 
@@ -38,6 +40,17 @@ pub(crate) fn registry() -> Registry {
     r.add::<task::CompleteTask>();
     r.add::<task::FailTask>();
     r.add::<task::Discover>();
+    r.add::<supervise::SetSupervision>();
+    r.add::<supervise::ListSupervision>();
+    r.add::<supervise::DeleteSupervision>();
+    r.add::<supervise::ListEscalations>();
+    r.add::<supervise::GetEscalation>();
+    r.add::<supervise::ResolveEscalation>();
+    r.add::<fleet::ApplyDeployment>();
+    r.add::<fleet::ListDeployments>();
+    r.add::<fleet::GetDeployment>();
+    r.add::<fleet::DeleteDeployment>();
+    r.add::<fleet::DeploymentLogs>();
     r
 }
 

@@ -321,7 +321,13 @@ impl Handler for FailTask {
         let now = k.now_ms();
         let random = random_u64();
         Ok(Action::write(req.id.clone(), move |c| {
-            Box::pin(async move { lease::fail(c, &req, &agent, now, random).await })
+            Box::pin(async move {
+                let out = lease::fail(c, &req, &agent, now, random).await?;
+                if let Some(sup) = &out.supervision {
+                    crate::background::record_supervision(c, now, &req.id, sup).await?;
+                }
+                Ok(out)
+            })
         }))
     }
 }
