@@ -17,6 +17,9 @@ pub(crate) struct DemoArgs {
     /// Keep the demo's data in this folder (default: a temporary folder, removed after).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The fleet manifest to run a job through (skipped when absent).
+    #[arg(long, default_value = "examples/fleet/fleet.yaml")]
+    fleet: PathBuf,
 }
 
 fn step(n: u32, what: &str) {
@@ -233,7 +236,122 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let events = admin.get("/v1/events?limit=1000").await?;
     show("events", events["items"].as_array().map_or(0, Vec::len));
 
+    if args.fleet.exists() {
+        step(
+            9,
+            "Managed agents: a planner, two workers and a reviewer run a job",
+        );
+        fleet_job(&admin, &args.fleet).await?;
+    } else {
+        println!(
+            "\n9. (skipped: {} not found; run the demo from the repository)",
+            args.fleet.display()
+        );
+    }
+    running.kernel.stop_fleet().await;
+
     println!("\nDone. Run `strata serve` to keep a server, and `strata --help` for the rest.");
     running.kernel.store().close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies the example fleet, submits a job, waits for every part to settle and
+/// narrates who did what.
+async fn fleet_job(admin: &Client, manifest: &std::path::Path) -> anyhow::Result<()> {
+    crate::fleet::apply_manifest(admin, manifest).await?;
+    let input = json!({"parts": ["the quick brown fox", "a flaky part that fails once", "a poison part", "jumps over the lazy dog"]});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The planner registers when its process starts; until then `plan` is unroutable.
+    let job = loop {
+        match admin
+            .post("/v1/tasks", &json!({"capability": "plan", "input": input}))
+            .await
+        {
+            Ok(t) => break t,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let job_id = job["id"].as_str().unwrap_or_default().to_string();
+    show("job submitted", &job_id);
+    let parts = loop {
+        let plan = admin.get(&format!("/v1/tasks/{job_id}")).await?;
+        let subtasks: Vec<String> = plan["result"]["subtasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let mut tasks = Vec::new();
+        for id in &subtasks {
+            tasks.push(admin.get(&format!("/v1/tasks/{id}")).await?);
+        }
+        let settled = !subtasks.is_empty() && tasks.iter().all(|t| t["state"] == "succeeded");
+        if settled {
+            break tasks;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the job did not finish within 60 s; see `strata logs` output above");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let agents = admin.get("/v1/agents?limit=500").await?;
+    let name_of = |id: &Value| {
+        agents["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["id"] == *id)
+            .and_then(|a| a["name"].as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    for t in &parts {
+        let tries: Vec<String> = t["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    name_of(&a["agent_id"]),
+                    a["outcome"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        show(
+            &format!("part {}", t["input"]["part"]),
+            format!(
+                "{} → {}   [{}]",
+                t["input"]["text"],
+                t["result"],
+                tries.join(", ")
+            ),
+        );
+    }
+    let escalations = admin.get("/v1/escalations").await?;
+    for e in escalations["items"].as_array().into_iter().flatten() {
+        show(
+            "escalation",
+            format!(
+                "{} for {} → {} by {}",
+                e["id"].as_str().unwrap_or(""),
+                e["task_id"].as_str().unwrap_or(""),
+                e["resolution"]["action"].as_str().unwrap_or("open"),
+                e["resolution"]["by"]
+                    .as_str()
+                    .map(|b| name_of(&json!(b)))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    let logs = admin.get("/v1/fleet/worker/logs?tail=20").await?;
+    for l in logs["lines"].as_array().into_iter().flatten() {
+        if l["stream"] == "stdout" {
+            println!("   | {}", l["line"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
 }

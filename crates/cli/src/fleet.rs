@@ -101,8 +101,13 @@ fn read_manifest(file: &Path) -> anyhow::Result<Vec<Resource>> {
 
 /// `strata apply -f FILE`
 pub(crate) async fn apply(file: PathBuf, conn: Conn) -> anyhow::Result<ExitCode> {
-    let client = Client::from_conn(&conn)?;
-    for r in read_manifest(&file)? {
+    apply_manifest(&Client::from_conn(&conn)?, &file).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// PUTs every document of manifest `file`, printing what was applied.
+pub(crate) async fn apply_manifest(client: &Client, file: &Path) -> anyhow::Result<()> {
+    for r in read_manifest(file)? {
         let reply = client.send(Method::PUT, &r.path, Some(&r.body), None).await?;
         match r.kind {
             "Agent" => println!(
@@ -113,7 +118,7 @@ pub(crate) async fn apply(file: PathBuf, conn: Conn) -> anyhow::Result<ExitCode>
             _ => println!("supervision/{} applied", r.name),
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `strata delete …`
