@@ -693,24 +693,27 @@ async fn supervise(
             }
         });
     }
-    tokio::select! {
+    let group = child.id().and_then(|p| i32::try_from(p).ok());
+    let ended = tokio::select! {
         exit = child.wait() => (exit, false),
         () = stop.notified() => {
-            let grace = STOP_GRACE;
-            signal(&child, nix::sys::signal::Signal::SIGTERM);
-            match tokio::time::timeout(grace, child.wait()).await {
+            signal(group, nix::sys::signal::Signal::SIGTERM);
+            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
                 Ok(exit) => (exit, true),
                 Err(_) => {
-                    signal(&child, nix::sys::signal::Signal::SIGKILL);
+                    signal(group, nix::sys::signal::Signal::SIGKILL);
                     (child.wait().await, true)
                 }
             }
         }
-    }
+    };
+    // Whatever the process left behind in its group goes with it.
+    signal(group, nix::sys::signal::Signal::SIGKILL);
+    ended
 }
 
-fn signal(child: &Child, sig: nix::sys::signal::Signal) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+fn signal(group: Option<i32>, sig: nix::sys::signal::Signal) {
+    if let Some(pid) = group {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
