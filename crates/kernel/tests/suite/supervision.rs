@@ -110,6 +110,11 @@ async fn escalations(h: &Harness, filter: Value) -> Vec<Value> {
         .clone()
 }
 
+/// Calls `escalation.resolve` as `token`.
+async fn resolve(h: &Harness, token: &str, body: Value) -> strata_core::Result<strata_kernel::Reply> {
+    h.call(token, "escalation.resolve", body).await
+}
+
 async fn escalation(h: &Harness, id: &str) -> Value {
     h.call(&h.admin, "escalation.get", json!({"id": id}))
         .await
@@ -315,12 +320,7 @@ async fn escalate_to_human_opens_an_escalation_only_operators_may_resolve(b: Bac
     // capability named like the assignee may decide for a person.
     let (_, impostor) = agent(&h, "impostor", &["human"]).await;
     for token in [&a, &impostor] {
-        let err = h
-            .call(
-                token,
-                "escalation.resolve",
-                json!({"id": esc, "action": "cancel"}),
-            )
+        let err = resolve(&h, token, json!({"id": esc, "action": "cancel"}))
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
@@ -346,15 +346,14 @@ async fn escalated_to_human(h: &Harness) -> (String, String, String) {
 async fn resolving_with_retry_queues_the_task_again_with_more_attempts(b: Backend) {
     let h = Harness::new(b).await;
     let (id, esc, a) = escalated_to_human(&h).await;
-    let resolved = h
-        .call(
-            &h.admin,
-            "escalation.resolve",
-            json!({"id": esc, "action": "retry", "attempts": 2, "note": "fixed upstream"}),
-        )
-        .await
-        .unwrap()
-        .body;
+    let resolved = resolve(
+        &h,
+        &h.admin,
+        json!({"id": esc, "action": "retry", "attempts": 2, "note": "fixed upstream"}),
+    )
+    .await
+    .unwrap()
+    .body;
     assert_eq!(resolved["state"], "resolved");
     assert_eq!(resolved["resolution"]["action"], "retry");
     assert_eq!(resolved["resolution"]["note"], "fixed upstream");
@@ -384,12 +383,7 @@ async fn resolving_with_retry_queues_the_task_again_with_more_attempts(b: Backen
     assert!(escalations(&h, json!({"state": "open"})).await.is_empty());
     assert_eq!(escalations(&h, json!({"state": "resolved"})).await.len(), 1);
 
-    let err = h
-        .call(
-            &h.admin,
-            "escalation.resolve",
-            json!({"id": esc, "action": "cancel"}),
-        )
+    let err = resolve(&h, &h.admin, json!({"id": esc, "action": "cancel"}))
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::EscalationResolved);
@@ -399,12 +393,7 @@ async fn resolving_with_retry_queues_the_task_again_with_more_attempts(b: Backen
 async fn resolving_with_cancel_cancels_the_task(b: Backend) {
     let h = Harness::new(b).await;
     let (id, esc, a) = escalated_to_human(&h).await;
-    let resolved = h
-        .call(
-            &h.admin,
-            "escalation.resolve",
-            json!({"id": esc, "action": "cancel"}),
-        )
+    let resolved = resolve(&h, &h.admin, json!({"id": esc, "action": "cancel"}))
         .await
         .unwrap()
         .body;
@@ -416,30 +405,24 @@ async fn resolving_with_cancel_cancels_the_task(b: Backend) {
 async fn resolving_with_complete_with_succeeds_the_task_with_a_checked_result(b: Backend) {
     let h = Harness::new(b).await;
     let (id, esc, _) = escalated_to_human(&h).await;
-    let err = h
-        .call(
-            &h.admin,
-            "escalation.resolve",
-            json!({"id": esc, "action": "complete_with", "result": {"summary": 7}}),
-        )
-        .await
-        .unwrap_err();
+    let err = resolve(
+        &h,
+        &h.admin,
+        json!({"id": esc, "action": "complete_with", "result": {"summary": 7}}),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidOutput);
-    let err = h
-        .call(
-            &h.admin,
-            "escalation.resolve",
-            json!({"id": esc, "action": "complete_with"}),
-        )
+    let err = resolve(&h, &h.admin, json!({"id": esc, "action": "complete_with"}))
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidRequest);
     assert_eq!(escalation(&h, &esc).await["state"], "open");
     assert_eq!(task(&h, &id).await["state"], "escalated");
 
-    h.call(
+    resolve(
+        &h,
         &h.admin,
-        "escalation.resolve",
         json!({"id": esc, "action": "complete_with", "result": {"summary": "by hand"}}),
     )
     .await
@@ -521,14 +504,13 @@ async fn only_agents_declaring_the_supervisor_capability_may_resolve_its_escalat
     let review = out["supervision"]["review_task"].as_str().unwrap().to_string();
 
     for token in [&a, &bystander] {
-        let err = h
-            .call(
-                token,
-                "escalation.resolve",
-                json!({"id": esc, "action": "complete_with", "result": {"summary": "mine"}}),
-            )
-            .await
-            .unwrap_err();
+        let err = resolve(
+            &h,
+            token,
+            json!({"id": esc, "action": "complete_with", "result": {"summary": "mine"}}),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
     }
     assert_eq!(escalation(&h, &esc).await["state"], "open");
@@ -537,15 +519,14 @@ async fn only_agents_declaring_the_supervisor_capability_may_resolve_its_escalat
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["id"], review);
     assert_eq!(got[0]["input"]["escalation"], esc);
-    let resolved = h
-        .call(
-            &reviewer,
-            "escalation.resolve",
-            json!({"id": esc, "action": "complete_with", "result": {"summary": "reviewed"}}),
-        )
-        .await
-        .unwrap()
-        .body;
+    let resolved = resolve(
+        &h,
+        &reviewer,
+        json!({"id": esc, "action": "complete_with", "result": {"summary": "reviewed"}}),
+    )
+    .await
+    .unwrap()
+    .body;
     assert_eq!(resolved["resolution"]["by"], reviewer_id);
     let t = task(&h, &id).await;
     assert_eq!(
@@ -628,13 +609,9 @@ async fn supervision_steps_are_audited_as_system_and_the_chain_verifies(b: Backe
     h.clock.advance(Duration::from_millis(1500));
     h.kernel.sweep_once().await.unwrap();
     let human_esc = escalations(&h, json!({})).await[0]["id"].clone();
-    h.call(
-        &h.admin,
-        "escalation.resolve",
-        json!({"id": human_esc, "action": "cancel"}),
-    )
-    .await
-    .unwrap();
+    resolve(&h, &h.admin, json!({"id": human_esc, "action": "cancel"}))
+        .await
+        .unwrap();
     // translate falls under `*`: escalated to the reviewer, who settles it.
     let (_, t_tok) = agent(&h, "translator", &["translate"]).await;
     let agentic = h
@@ -651,13 +628,9 @@ async fn supervision_steps_are_audited_as_system_and_the_chain_verifies(b: Backe
         .to_string();
     let out = lease_and_fail(&h, &t_tok, &agentic, json!("boom")).await;
     let agent_esc = out["supervision"]["escalation"].clone();
-    h.call(
-        &reviewer,
-        "escalation.resolve",
-        json!({"id": agent_esc, "action": "cancel"}),
-    )
-    .await
-    .unwrap();
+    resolve(&h, &reviewer, json!({"id": agent_esc, "action": "cancel"}))
+        .await
+        .unwrap();
 
     let entries = audit(&h).await;
     let find = |syscall: &str, resource: &Value| -> Vec<Value> {
