@@ -110,38 +110,69 @@ fn chain_hash(prev: &str, seq: i64, d: &AuditDraft) -> String {
 
 /// Appends `d` to the chain inside the writer's transaction; returns its sequence number.
 pub async fn append(conn: &mut AnyConnection, d: &AuditDraft) -> strata_store::Result<i64> {
+    append_many(conn, std::slice::from_ref(d)).await
+}
+
+/// Appends `drafts`, in order, inside the writer's transaction: one read of the
+/// head, one insert per 32 entries, one head update. Returns the last sequence number.
+pub async fn append_many(conn: &mut AnyConnection, drafts: &[AuditDraft]) -> strata_store::Result<i64> {
+    const COLUMNS: usize = 11;
+    // Small statements: binding costs grow with the square of the parameter
+    // count in SQLite (each bind looks its name up in a list).
+    const CHUNK: usize = 32;
     let head = sqlx::query("SELECT seq, hash FROM gov_audit_head WHERE id = 1")
         .fetch_optional(&mut *conn)
         .await?;
-    let (prev_seq, prev_hash) = match head {
+    let (first_seq, mut prev_hash) = match head {
         Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?),
         None => (0, GENESIS.to_string()),
     };
-    let seq = prev_seq + 1;
-    let hash = chain_hash(&prev_hash, seq, d);
-    sqlx::query(
-        "INSERT INTO gov_audit (seq, at, principal, syscall, resource, intent_id, outcome, status, request_digest, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(seq)
-    .bind(d.at)
-    .bind(&d.principal)
-    .bind(&d.syscall)
-    .bind(&d.resource)
-    .bind(&d.intent_id)
-    .bind(&d.outcome)
-    .bind(i64::from(d.status))
-    .bind(&d.request_digest)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
-    let q = if prev_seq == 0 {
+    if drafts.is_empty() {
+        return Ok(first_seq);
+    }
+    let mut seq = first_seq;
+    for chunk in drafts.chunks(CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO gov_audit (seq, at, principal, syscall, resource, intent_id, outcome, status, request_digest, prev_hash, hash) VALUES ",
+        );
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (i, d) in chunk.iter().enumerate() {
+            seq += 1;
+            let hash = chain_hash(&prev_hash, seq, d);
+            let p: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", i * COLUMNS + c)).collect();
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("({})", p.join(", ")));
+            rows.push((seq, std::mem::replace(&mut prev_hash, hash.clone()), hash));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (d, (seq, prev, hash)) in chunk.iter().zip(rows) {
+            q = q
+                .bind(seq)
+                .bind(d.at)
+                .bind(d.principal.clone())
+                .bind(d.syscall.clone())
+                .bind(d.resource.clone())
+                .bind(d.intent_id.clone())
+                .bind(d.outcome.clone())
+                .bind(i64::from(d.status))
+                .bind(d.request_digest.clone())
+                .bind(prev)
+                .bind(hash);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let q = if first_seq == 0 {
         "INSERT INTO gov_audit_head (id, seq, hash) VALUES (1, $1, $2)"
     } else {
         "UPDATE gov_audit_head SET seq = $1, hash = $2 WHERE id = 1"
     };
-    sqlx::query(q).bind(seq).bind(&hash).execute(&mut *conn).await?;
+    sqlx::query(q)
+        .bind(seq)
+        .bind(&prev_hash)
+        .execute(&mut *conn)
+        .await?;
     Ok(seq)
 }
 

@@ -24,7 +24,7 @@ pub mod syscalls;
 
 pub use hooks::{BudgetHook, NoBudget, NoMeter, UsageMeter};
 pub use pipeline::{Reply, Request};
-pub use registry::{Action, Cx, Entry, Handler, Registry, WriteOp};
+pub use registry::{Action, Cx, Each, Entry, Handler, Registry, WriteOp};
 
 use std::sync::Arc;
 
@@ -96,6 +96,7 @@ impl Kernel {
     /// A kernel over an opened store (opened with [`MIGRATIONS`]).
     pub fn new(store: Store, config: Config) -> Kernel {
         let registry = syscalls::registry();
+        store.set_tail(Arc::new(pipeline::Logs));
         let metrics = metrics::Metrics::new(&registry);
         Kernel {
             inner: Arc::new(Inner {

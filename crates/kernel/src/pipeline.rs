@@ -2,13 +2,15 @@
 
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use strata_core::{Error, ErrorCode, Id, Principal, Result};
 use strata_governance::{AuditDraft, audit, digest, idempotency};
-use strata_store::event;
+use strata_store::event::{self, NewEvent};
+use strata_store::{AnyConnection, Tail, TailItem};
 
 use crate::Kernel;
-use crate::registry::{Action, Cx, Entry};
+use crate::registry::{Action, Cx, Each, Entry, WriteOp};
 
 /// A call as an adapter received it.
 #[derive(Debug, Clone)]
@@ -151,7 +153,19 @@ impl Kernel {
                 body,
                 replayed: false,
             }),
-            Ok(Action::Write { resource, op }) => self.commit(&call, resource, op).await,
+            Ok(Action::Write { resource, op }) => {
+                let op: WriteOp<Each<Value>> = Box::new(move |c| {
+                    Box::pin(async move {
+                        let body = op(c).await?;
+                        Ok(Each {
+                            body,
+                            resources: vec![resource],
+                        })
+                    })
+                });
+                self.commit(&call, op).await
+            }
+            Ok(Action::WriteEach { op }) => self.commit(&call, op).await,
             Err(e) => {
                 self.audit_refusal(&call, spec.resource, &e).await;
                 Err(e)
@@ -187,37 +201,23 @@ impl Kernel {
         }))
     }
 
-    async fn commit(
-        &self,
-        call: &Call<'_>,
-        resource: String,
-        op: crate::registry::WriteOp<Value>,
-    ) -> Result<Reply> {
+    async fn commit(&self, call: &Call<'_>, op: WriteOp<Each<Value>>) -> Result<Reply> {
         let spec = call.entry.spec;
         let now = call.cx.now;
-        let draft = AuditDraft {
-            at: now,
-            principal: call.cx.principal.audit_name(),
-            syscall: spec.name.to_string(),
-            resource,
-            intent_id: Id::new("int").to_string(),
-            outcome: "ok".into(),
-            status: spec.status,
-            request_digest: call.request_digest.clone(),
-        };
+        let principal = call.cx.principal.audit_name();
+        let request_digest = call.request_digest.clone();
         let idem = call
             .key
             .clone()
             .map(|key| (call.cx.principal.idempotency_scope(), key));
         let request_hash = call.request_digest.clone();
-        let resource = draft.resource.clone();
         let sealer = self.inner.master_key.clone();
         let written = self
             .inner
             .store
-            .write(move |c| {
+            .write_logged(move |c| {
                 Box::pin(async move {
-                    let out = op(c).await.map_err(WriteError::Layer)?;
+                    let Each { body: out, resources } = op(c).await.map_err(WriteError::Layer)?;
                     if let Some((scope, key)) = idem {
                         let rec = idempotency::Record {
                             syscall: spec.name.to_string(),
@@ -235,10 +235,29 @@ impl Kernel {
                                 }
                             })?;
                     }
-                    audit::append(c, &draft).await?;
-                    let data = json!({"principal": draft.principal, "intent_id": draft.intent_id});
-                    event::append(c, now, &draft.syscall, &draft.resource, &data).await?;
-                    Ok(out)
+                    let resources = if resources.is_empty() {
+                        vec![spec.resource.to_string()]
+                    } else {
+                        resources
+                    };
+                    // The audit entries and events are written once for the whole
+                    // batch of writes, just before it commits (see `Logs`).
+                    let logs: Vec<TailItem> = resources
+                        .into_iter()
+                        .map(|resource| -> TailItem {
+                            Box::new(AuditDraft {
+                                at: now,
+                                principal: principal.clone(),
+                                syscall: spec.name.to_string(),
+                                resource,
+                                intent_id: Id::new("int").to_string(),
+                                outcome: "ok".into(),
+                                status: spec.status,
+                                request_digest: request_digest.clone(),
+                            })
+                        })
+                        .collect();
+                    Ok((out, logs))
                 })
             })
             .await;
@@ -268,7 +287,7 @@ impl Kernel {
                 {
                     return Ok(reply);
                 }
-                self.audit_refusal(call, &resource, &e).await;
+                self.audit_refusal(call, spec.resource, &e).await;
                 Err(e)
             }
             Err(WriteError::Store(e)) => {
@@ -303,5 +322,39 @@ impl Kernel {
         if let Err(err) = done {
             tracing::error!(syscall = spec.name, error = %err, "could not audit a refused call");
         }
+    }
+}
+
+/// Writes the audit entries (and their events) that a batch of writes left, in
+/// the order the writes ran: one chain extension and one event insert per batch.
+pub(crate) struct Logs;
+
+impl Tail for Logs {
+    fn flush<'c>(
+        &'c self,
+        conn: &'c mut AnyConnection,
+        items: Vec<TailItem>,
+    ) -> BoxFuture<'c, Result<(), strata_store::Error>> {
+        Box::pin(async move {
+            let drafts: Vec<AuditDraft> = items
+                .into_iter()
+                .map(|i| {
+                    i.downcast::<AuditDraft>().map(|d| *d).map_err(|_| {
+                        strata_store::Error::Corrupt("a log row that is not an audit draft".into())
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            audit::append_many(conn, &drafts).await?;
+            let events: Vec<NewEvent> = drafts
+                .into_iter()
+                .map(|d| NewEvent {
+                    at: d.at,
+                    data: json!({"principal": d.principal, "intent_id": d.intent_id}),
+                    kind: d.syscall,
+                    subject: d.resource,
+                })
+                .collect();
+            event::append_many(conn, &events).await
+        })
     }
 }

@@ -33,6 +33,21 @@ pub enum Action<R> {
         /// The effect.
         op: WriteOp<R>,
     },
+    /// A store-only effect on many resources at once (batch calls): the effect
+    /// returns the ids it changed, and each gets its own audit entry and event.
+    WriteEach {
+        /// The effect.
+        op: WriteOp<Each<R>>,
+    },
+}
+
+/// What a batch effect returns: its answer and the resources it changed.
+pub struct Each<R> {
+    /// The answer.
+    pub body: R,
+    /// The resources changed, one audit entry each (none: the call is audited
+    /// once, on the resource kind).
+    pub resources: Vec<String>,
 }
 
 impl<R> Action<R> {
@@ -148,6 +163,17 @@ fn erased<S: Handler>(
             Action::Write { resource, op } => Action::write(resource, move |c| {
                 Box::pin(async move { op(c).await.and_then(to_json) })
             }),
+            Action::WriteEach { op } => Action::WriteEach {
+                op: Box::new(move |c| {
+                    Box::pin(async move {
+                        let each = op(c).await?;
+                        Ok(Each {
+                            body: to_json(each.body)?,
+                            resources: each.resources,
+                        })
+                    })
+                }),
+            },
         })
     })
 }

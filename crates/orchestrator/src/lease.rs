@@ -92,6 +92,70 @@ pub struct Completion {
     pub result: serde_json::Value,
 }
 
+/// Many completions in one call (each checked and applied on its own).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Completions {
+    /// 1 to 100 completions, each for a different task.
+    pub completions: Vec<BatchCompletion>,
+}
+
+/// One completion of a batch.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCompletion {
+    /// `tsk_…`
+    pub id: String,
+    /// The lease held.
+    pub lease_id: String,
+    /// The result, validated against the capability's `output_schema`.
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+/// Why one item of a batch was refused: the problem it would have had alone.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ItemProblem {
+    /// The stable problem code, e.g. `lease_lost`.
+    pub code: String,
+    /// The HTTP status the item would have had alone.
+    pub status: u16,
+    /// What went wrong.
+    pub detail: String,
+}
+
+impl From<&Error> for ItemProblem {
+    fn from(e: &Error) -> Self {
+        ItemProblem {
+            code: e.code.as_str().to_string(),
+            status: e.status(),
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+/// Where one task of a batch stands.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ItemOutcome {
+    /// `tsk_…`
+    pub id: String,
+    /// Its state now, when the item was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
+    /// Why the item was refused (nothing changed for that task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ItemProblem>,
+}
+
+/// The outcome of each completion, in the order sent.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BatchOutcome {
+    /// One per completion.
+    pub outcomes: Vec<ItemOutcome>,
+    /// How many were applied.
+    pub completed: usize,
+}
+
 /// A failure report.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -154,14 +218,13 @@ pub fn lease_len(o: &Orchestrator, asked: Option<u64>, field: &str) -> Result<i6
 }
 
 fn candidates_sql(select: &str, n_caps: usize) -> String {
-    let caps: Vec<String> = (0..n_caps).map(|i| format!("${}", i + 5)).collect();
     format!(
         "SELECT {select} FROM orc_tasks WHERE state = 'queued' AND not_before <= $1
            AND (pinned_agent IS NULL OR pinned_agent = $2 OR (stealable = 1 AND created_at <= $3))
            AND (avoid_agent IS NULL OR avoid_agent <> $2)
            AND capability IN ({})
          ORDER BY priority DESC, created_at, id LIMIT $4",
-        caps.join(", ")
+        params(5, n_caps)
     )
 }
 
@@ -207,53 +270,83 @@ pub async fn lease(
         q = q.bind(c.clone());
     }
     let rows = q.fetch_all(&mut *conn).await.map_err(db)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One lease id covers the tasks of one call: a holder is always checked by
+    // task, lease and agent together, and a requeued task gets a new lease.
     let expires = now + lease_ms;
+    let lease_id = Id::new("lse").to_string();
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()
+        .map_err(db)?;
+    let list = params(5, ids.len());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE orc_tasks SET state = 'leased', lease_id = $1, lease_agent = $2, lease_expires_at = $3,
+            attempts = attempts + 1, updated_at = $4 WHERE id IN ({list})"
+    )))
+    .bind(&lease_id)
+    .bind(agent)
+    .bind(expires)
+    .bind(now);
+    for id in &ids {
+        q = q.bind(id.clone());
+    }
+    q.execute(&mut *conn).await.map_err(db)?;
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO orc_attempts (task_id, attempt, agent_id, lease_id, started_at)
+         SELECT id, attempts, $2, $1, $3 FROM orc_tasks WHERE id IN ({})",
+        params(4, ids.len())
+    )))
+    .bind(&lease_id)
+    .bind(agent)
+    .bind(now);
+    for id in &ids {
+        q = q.bind(id.clone());
+    }
+    q.execute(&mut *conn).await.map_err(db)?;
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        let id: String = r.try_get(0).map_err(db)?;
+    for (r, id) in rows.iter().zip(ids) {
         let input: String = r.try_get(2).map_err(db)?;
-        let attempt = r.try_get::<i64, _>(3).map_err(db)? + 1;
-        let lease_id = Id::new("lse").to_string();
-        sqlx::query(
-            "UPDATE orc_tasks SET state = 'leased', lease_id = $2, lease_agent = $3, lease_expires_at = $4,
-                attempts = $5, updated_at = $6 WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(&lease_id)
-        .bind(agent)
-        .bind(expires)
-        .bind(attempt)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        sqlx::query(
-            "INSERT INTO orc_attempts (task_id, attempt, agent_id, lease_id, started_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&id)
-        .bind(attempt)
-        .bind(agent)
-        .bind(&lease_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
         out.push(Leased {
             id,
             capability: r.try_get(1).map_err(db)?,
             input: serde_json::from_str(&input).map_err(|e| Error::internal(format!("task input: {e}")))?,
-            lease_id,
+            lease_id: lease_id.clone(),
             lease_expires_at: rfc3339(expires),
-            attempt,
+            attempt: r.try_get::<i64, _>(3).map_err(db)? + 1,
             deadline: r.try_get::<Option<i64>, _>(4).map_err(db)?.map(rfc3339),
         });
     }
     Ok(out)
 }
 
+/// `$from, $from+1, …` for `n` parameters.
+pub(crate) fn params(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Checks that `agent` holds lease `lease_id` on task `id`; returns the attempt number.
 async fn holding(conn: &mut AnyConnection, id: &str, agent: &str, lease_id: &str) -> Result<i64> {
     let (state, held, holder, attempts) = current(conn, id).await?;
+    held_by(id, agent, lease_id, state, held, holder)?;
+    Ok(attempts)
+}
+
+/// Whether a task in `state`, leased as `held` to `holder`, is held by `agent` under `lease_id`.
+fn held_by(
+    id: &str,
+    agent: &str,
+    lease_id: &str,
+    state: TaskState,
+    held: Option<String>,
+    holder: Option<String>,
+) -> Result<()> {
     if state.is_terminal() {
         return Err(Error::new(
             ErrorCode::TaskFinished,
@@ -268,7 +361,7 @@ async fn holding(conn: &mut AnyConnection, id: &str, agent: &str, lease_id: &str
             ),
         ));
     }
-    Ok(attempts)
+    Ok(())
 }
 
 /// Extends a held lease (inside the writer).
@@ -322,6 +415,105 @@ pub async fn complete(
         retry_at: None,
         supervision: None,
     })
+}
+
+/// Completes many held tasks (inside the writer): the items in `refused` (by
+/// index, e.g. an invalid result) and those whose lease is not held are answered
+/// with their problem and change nothing; the rest succeed, in a fixed number of
+/// statements. Returns the outcomes and the ids completed.
+pub async fn complete_many(
+    conn: &mut AnyConnection,
+    items: &[BatchCompletion],
+    mut refused: Vec<Option<Error>>,
+    agent: &str,
+    now: i64,
+) -> Result<(BatchOutcome, Vec<String>)> {
+    refused.resize_with(items.len(), || None);
+    let ids: Vec<&str> = items.iter().map(|c| c.id.as_str()).collect();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id, state, lease_id, lease_agent, attempts FROM orc_tasks WHERE id IN ({})",
+        params(1, ids.len())
+    )));
+    for id in &ids {
+        q = q.bind(id.to_string());
+    }
+    let mut found = std::collections::HashMap::new();
+    for r in q.fetch_all(&mut *conn).await.map_err(db)? {
+        let id: String = r.try_get(0).map_err(db)?;
+        let state = TaskState::parse(&r.try_get::<String, _>(1).map_err(db)?)?;
+        let row: (TaskState, Option<String>, Option<String>, i64) = (
+            state,
+            r.try_get(2).map_err(db)?,
+            r.try_get(3).map_err(db)?,
+            r.try_get(4).map_err(db)?,
+        );
+        found.insert(id, row);
+    }
+    let mut done: Vec<(&BatchCompletion, i64)> = Vec::new();
+    for (c, refusal) in items.iter().zip(refused.iter_mut()) {
+        if refusal.is_some() {
+            continue;
+        }
+        let checked = match found.remove(&c.id) {
+            None => Err(Error::not_found("task", &c.id)),
+            Some((state, held, holder, attempt)) => {
+                held_by(&c.id, agent, &c.lease_id, state, held, holder).map(|()| attempt)
+            }
+        };
+        match checked {
+            Ok(attempt) => done.push((c, attempt)),
+            Err(e) => *refusal = Some(e),
+        }
+    }
+    if !done.is_empty() {
+        let pairs: Vec<String> = (0..done.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
+            .collect();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE orc_attempts SET ended_at = $1, outcome = 'succeeded', error = NULL
+             WHERE (task_id, attempt) IN (VALUES {})",
+            pairs.join(", ")
+        )))
+        .bind(now);
+        for (c, attempt) in &done {
+            q = q.bind(c.id.clone()).bind(*attempt);
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+        let whens: Vec<String> = (0..done.len())
+            .map(|i| format!("WHEN ${} THEN ${}", 2 * i + 2, 2 * i + 3))
+            .collect();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE orc_tasks SET state = 'succeeded', result = CASE id {} END, lease_id = NULL,
+                lease_expires_at = NULL, updated_at = $1, finished_at = $1 WHERE id IN ({})",
+            whens.join(" "),
+            params(2 + 2 * done.len(), done.len())
+        )))
+        .bind(now);
+        for (c, _) in &done {
+            q = q.bind(c.id.clone()).bind(c.result.to_string());
+        }
+        for (c, _) in &done {
+            q = q.bind(c.id.clone());
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    let outcomes = items
+        .iter()
+        .zip(refused)
+        .map(|(c, refusal)| ItemOutcome {
+            id: c.id.clone(),
+            state: refusal.is_none().then_some(TaskState::Succeeded),
+            error: refusal.as_ref().map(ItemProblem::from),
+        })
+        .collect();
+    let completed: Vec<String> = done.iter().map(|(c, _)| c.id.clone()).collect();
+    Ok((
+        BatchOutcome {
+            outcomes,
+            completed: completed.len(),
+        },
+        completed,
+    ))
 }
 
 /// Records a failed attempt: requeue with backoff, dead-letter when attempts are

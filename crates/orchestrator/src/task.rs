@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
 
+use strata_identity::agent::Declared;
+
 use crate::retry::Backoff;
 use crate::{Orchestrator, db};
 
@@ -44,7 +46,7 @@ impl TaskState {
         }
     }
 
-    fn parse(s: &str) -> Result<TaskState> {
+    pub(crate) fn parse(s: &str) -> Result<TaskState> {
         Ok(match s {
             "queued" => TaskState::Queued,
             "leased" => TaskState::Leased,
@@ -260,6 +262,42 @@ impl Orchestrator {
     /// Validates a submission: routable capability, input matching its schema,
     /// sane limits. Reads only.
     pub async fn prepare_task(&self, req: NewTask, submitted_by: String, now: i64) -> Result<PreparedTask> {
+        let declared = self.identity.declarations(&req.capability).await?;
+        self.prepare_with(req, &declared, submitted_by, now).await
+    }
+
+    /// Checks many submissions (one read of the declarations per capability);
+    /// the first invalid one fails the whole batch, its error naming `tasks[i]`.
+    pub async fn prepare_tasks(
+        &self,
+        reqs: Vec<NewTask>,
+        submitted_by: String,
+        now: i64,
+    ) -> Result<Vec<PreparedTask>> {
+        let mut declared: std::collections::HashMap<String, Vec<Declared>> = Default::default();
+        let mut out = Vec::with_capacity(reqs.len());
+        for (i, req) in reqs.into_iter().enumerate() {
+            if !declared.contains_key(&req.capability) {
+                let d = self.identity.declarations(&req.capability).await?;
+                declared.insert(req.capability.clone(), d);
+            }
+            let d = declared.get(&req.capability).map_or(&[][..], Vec::as_slice);
+            let t = self
+                .prepare_with(req, d, submitted_by.clone(), now)
+                .await
+                .map_err(|e| Error::new(e.code, format!("tasks[{i}].{}", e.detail)))?;
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    async fn prepare_with(
+        &self,
+        req: NewTask,
+        declared: &[Declared],
+        submitted_by: String,
+        now: i64,
+    ) -> Result<PreparedTask> {
         if req.capability.is_empty() || req.capability.len() > 64 {
             return Err(Error::invalid("capability", "must be 1 to 64 characters"));
         }
@@ -296,7 +334,6 @@ impl Orchestrator {
         if req.input.to_string().len() > 512 * 1024 {
             return Err(Error::invalid("input", "must be at most 512 KiB of JSON"));
         }
-        let declared = self.identity.declarations(&req.capability).await?;
         if let Some(agent) = &req.agent
             && !declared.iter().any(|d| &d.agent_id == agent)
             && !req.allow_unroutable
@@ -469,32 +506,91 @@ pub(crate) fn read(r: &sqlx::any::AnyRow) -> Result<Task> {
 
 /// Inserts a prepared task (inside the writer).
 pub async fn insert(conn: &mut AnyConnection, t: PreparedTask) -> Result<Submitted> {
-    sqlx::query(
-        "INSERT INTO orc_tasks (id, capability, input, priority, state, pinned_agent, stealable, attempts, max_attempts,
-            backoff_initial_ms, backoff_max_ms, not_before, deadline, labels, parent, submitted_by, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, 0, $7, $8, $9, $10, $11, $12, $13, $14, $10, $10)",
-    )
-    .bind(&t.id)
-    .bind(&t.req.capability)
-    .bind(t.req.input.to_string())
-    .bind(i64::from(t.req.priority))
-    .bind(&t.req.agent)
-    .bind(i64::from(t.req.stealable))
-    .bind(t.max_attempts)
-    .bind(t.backoff.initial_ms as i64)
-    .bind(t.backoff.max_ms as i64)
-    .bind(t.now)
-    .bind(t.deadline)
-    .bind(serde_json::to_string(&t.req.labels).map_err(Error::internal)?)
-    .bind(&t.req.parent)
-    .bind(&t.submitted_by)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(Submitted {
-        id: t.id,
-        state: TaskState::Queued,
-    })
+    let mut out = insert_many(conn, vec![t]).await?;
+    out.pop().ok_or_else(|| Error::internal("no task inserted"))
+}
+
+/// Queues prepared tasks (inside the writer), in one statement per 25.
+pub async fn insert_many(conn: &mut AnyConnection, tasks: Vec<PreparedTask>) -> Result<Vec<Submitted>> {
+    const COLUMNS: usize = 14;
+    // Binding costs grow with the square of the parameter count in SQLite.
+    for chunk in tasks.chunks(25) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = |c: usize| format!("${}", i * COLUMNS + c);
+                format!(
+                    "({}, {}, {}, {}, 'queued', {}, {}, 0, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(6),
+                    p(7),
+                    p(8),
+                    p(9),
+                    p(10),
+                    p(11),
+                    p(12),
+                    p(13),
+                    p(14),
+                    p(10),
+                    p(10)
+                )
+            })
+            .collect();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO orc_tasks (id, capability, input, priority, state, pinned_agent, stealable, attempts, max_attempts,
+                backoff_initial_ms, backoff_max_ms, not_before, deadline, labels, parent, submitted_by, created_at, updated_at)
+             VALUES {}",
+            rows.join(", ")
+        )));
+        for t in chunk {
+            q = q
+                .bind(t.id.clone())
+                .bind(t.req.capability.clone())
+                .bind(t.req.input.to_string())
+                .bind(i64::from(t.req.priority))
+                .bind(t.req.agent.clone())
+                .bind(i64::from(t.req.stealable))
+                .bind(t.max_attempts)
+                .bind(t.backoff.initial_ms as i64)
+                .bind(t.backoff.max_ms as i64)
+                .bind(t.now)
+                .bind(t.deadline)
+                .bind(serde_json::to_string(&t.req.labels).map_err(Error::internal)?)
+                .bind(t.req.parent.clone())
+                .bind(t.submitted_by.clone());
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(tasks
+        .into_iter()
+        .map(|t| Submitted {
+            id: t.id,
+            state: TaskState::Queued,
+        })
+        .collect())
+}
+
+impl Orchestrator {
+    /// The capability of each task in `ids` that exists, by id (one read).
+    pub async fn capabilities_of_tasks(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, capability FROM orc_tasks WHERE id IN ({})",
+            crate::lease::params(1, ids.len())
+        )));
+        for id in ids {
+            q = q.bind(id.to_string());
+        }
+        let rows = q.fetch_all(self.store.pool()).await.map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?)))
+            .collect()
+    }
 }
 
 /// The state of task `id` inside the writer, with its lease holder.

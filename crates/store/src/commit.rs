@@ -8,6 +8,7 @@
 //! write that could still be lost.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::OnceLock;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -22,8 +23,26 @@ use crate::{Backend, Error};
 /// The future a write closure returns; it borrows the writer's connection.
 pub type WriteFuture<'c, T, E> = BoxFuture<'c, Result<T, E>>;
 
+/// A row a write leaves for the end of its batch, for the registered [`Tail`].
+pub type TailItem = Box<dyn std::any::Any + Send>;
+
+/// Appends what the writes of a batch left behind (see [`crate::Store::set_tail`]),
+/// once, just before the batch commits. Items come in the order their writes ran,
+/// and only from writes that succeeded.
+pub trait Tail: Send + Sync + 'static {
+    /// Writes `items` on the writer's connection; an error rolls the whole batch back.
+    fn flush<'c>(
+        &'c self,
+        conn: &'c mut AnyConnection,
+        items: Vec<TailItem>,
+    ) -> BoxFuture<'c, Result<(), Error>>;
+}
+
+pub(crate) type TailSlot = Arc<OnceLock<Arc<dyn Tail>>>;
+
 type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
-type Run = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Finish)> + Send>;
+type Ran = (bool, Finish, Vec<TailItem>);
+type Run = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> + Send>;
 
 /// One queued write.
 pub(crate) struct Job(Run);
@@ -36,10 +55,17 @@ pub(crate) fn start(
     backend: Backend,
     max_batch: usize,
     stop: Arc<Notify>,
+    tail: TailSlot,
 ) -> (mpsc::Sender<Job>, watch::Receiver<u64>) {
     let (tx, rx) = mpsc::channel(4096);
     let (committed_tx, committed_rx) = watch::channel(0);
-    tokio::spawn(run(pool, backend, max_batch.max(1), rx, committed_tx, stop));
+    let w = Writer {
+        pool,
+        backend,
+        max_batch: max_batch.max(1),
+        tail,
+    };
+    tokio::spawn(w.run(rx, committed_tx, stop));
     (tx, committed_rx)
 }
 
@@ -47,12 +73,15 @@ pub(crate) async fn submit<T, E, F>(jobs: &mpsc::Sender<Job>, f: F) -> Result<T,
 where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel::<Result<T, E>>();
     let run: Run = Box::new(move |conn: &mut AnyConnection| {
         Box::pin(async move {
-            let out = f(conn).await;
+            let (out, tail) = match f(conn).await {
+                Ok((out, tail)) => (Ok(out), tail),
+                Err(e) => (Err(e), Vec::new()),
+            };
             let ok = out.is_ok();
             let finish: Finish = Box::new(move |commit: Result<(), Error>| {
                 let reply = match (commit, out) {
@@ -62,61 +91,64 @@ where
                 };
                 let _ = tx.send(reply);
             });
-            (ok, finish)
+            (ok, finish, tail)
         })
     });
     jobs.send(Job(run)).await.map_err(|_| E::from(Error::Closed))?;
     rx.await.map_err(|_| E::from(Error::Closed))?
 }
 
-async fn run(
+struct Writer {
     pool: AnyPool,
     backend: Backend,
     max_batch: usize,
-    mut rx: mpsc::Receiver<Job>,
-    committed: watch::Sender<u64>,
-    stop: Arc<Notify>,
-) {
-    let mut conn: Option<PoolConnection<Any>> = None;
-    let mut batch = Vec::with_capacity(max_batch);
-    loop {
-        // A batch in progress always finishes; the stop signal is seen between batches.
-        let n = tokio::select! {
-            biased;
-            n = rx.recv_many(&mut batch, max_batch) => n,
-            _ = stop.notified() => 0,
-        };
-        if n == 0 {
-            break;
-        }
-        let c = match conn.take() {
-            Some(c) => c,
-            None => match pool.acquire().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "writer cannot get a connection");
-                    fail_all(batch.drain(..), &e.to_string());
-                    continue;
-                }
-            },
-        };
-        let mut c = c;
-        match run_batch(&mut c, backend, batch.drain(..)).await {
-            Ok(finishes) => {
-                for f in finishes {
-                    f(Ok(()));
-                }
-                committed.send_modify(|n| *n += 1);
-                conn = Some(c);
+    tail: TailSlot,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Job>, committed: watch::Sender<u64>, stop: Arc<Notify>) {
+        let (pool, max_batch) = (&self.pool, self.max_batch);
+        let mut conn: Option<PoolConnection<Any>> = None;
+        let mut batch = Vec::with_capacity(max_batch);
+        loop {
+            // A batch in progress always finishes; the stop signal is seen between batches.
+            let n = tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, max_batch) => n,
+                _ = stop.notified() => 0,
+            };
+            if n == 0 {
+                break;
             }
-            Err((e, finishes)) => {
-                tracing::error!(error = %e, "write batch failed; its writes are rolled back");
-                let msg = e.to_string();
-                for f in finishes {
-                    f(Err(Error::Database(sqlx::Error::Protocol(msg.clone()))));
+            let c = match conn.take() {
+                Some(c) => c,
+                None => match pool.acquire().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "writer cannot get a connection");
+                        fail_all(batch.drain(..), &e.to_string());
+                        continue;
+                    }
+                },
+            };
+            let mut c = c;
+            match self.run_batch(&mut c, batch.drain(..)).await {
+                Ok(finishes) => {
+                    for f in finishes {
+                        f(Ok(()));
+                    }
+                    committed.send_modify(|n| *n += 1);
+                    conn = Some(c);
                 }
-                // Drop the connection: its state is unknown after a failed batch.
-                c.close_on_drop();
+                Err((e, finishes)) => {
+                    tracing::error!(error = %e, "write batch failed; its writes are rolled back");
+                    let msg = e.to_string();
+                    for f in finishes {
+                        f(Err(Error::Database(sqlx::Error::Protocol(msg.clone()))));
+                    }
+                    // Drop the connection: its state is unknown after a failed batch.
+                    c.close_on_drop();
+                }
             }
         }
     }
@@ -134,62 +166,87 @@ async fn exec(conn: &mut AnyConnection, sql: &'static str) -> Result<(), Error> 
     Ok(())
 }
 
-async fn run_batch(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    jobs: impl ExactSizeIterator<Item = Job>,
-) -> Result<Vec<Finish>, (Error, Vec<Finish>)> {
-    let mut finishes = Vec::new();
-    // Every statement costs a round trip (to the SQLite worker thread or to the
-    // PostgreSQL server), so transaction control is folded into as few calls as
-    // possible: one before the first write, one between writes, one at the end.
-    let begin = match backend {
-        // IMMEDIATE takes the write lock now rather than at the first write.
-        Backend::Sqlite => "BEGIN IMMEDIATE; SAVEPOINT w",
-        Backend::Postgres => "BEGIN",
-    };
-    if let Err(e) = exec(conn, begin).await {
-        return Err((e, finishes));
-    }
-    if backend == Backend::Postgres {
-        // Replicas serialise their batches; the audit chain depends on it.
-        let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITER_LOCK);
-        let locked = match (&mut *conn).execute(lock).await {
-            Ok(_) => exec(conn, "SAVEPOINT w").await,
-            Err(e) => Err(e.into()),
+impl Writer {
+    async fn run_batch(
+        &self,
+        conn: &mut AnyConnection,
+        jobs: impl ExactSizeIterator<Item = Job>,
+    ) -> Result<Vec<Finish>, (Error, Vec<Finish>)> {
+        let backend = self.backend;
+        let mut finishes = Vec::new();
+        // Every statement costs a round trip (to the SQLite worker thread or to the
+        // PostgreSQL server), so transaction control is folded into as few calls as
+        // possible: one before the first write, one between writes, one at the end;
+        // and what every write appends to the logs is written once for the batch.
+        let begin = match backend {
+            // IMMEDIATE takes the write lock now rather than at the first write.
+            Backend::Sqlite => "BEGIN IMMEDIATE; SAVEPOINT w",
+            Backend::Postgres => "BEGIN",
         };
-        if let Err(e) = locked {
-            let _ = exec(conn, "ROLLBACK").await;
+        if let Err(e) = exec(conn, begin).await {
             return Err((e, finishes));
         }
-    }
-    let n = jobs.len();
-    for (i, Job(run)) in jobs.enumerate() {
-        // A panicking write is a bug, but it must not take the writer (and with it
-        // every later write) down: roll it back; its caller sees `Closed`.
-        let ok = match AssertUnwindSafe(run(conn)).catch_unwind().await {
-            Ok((ok, finish)) => {
-                finishes.push(finish);
-                ok
+        if backend == Backend::Postgres {
+            // Replicas serialise their batches; the audit chain depends on it.
+            let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITER_LOCK);
+            let locked = match (&mut *conn).execute(lock).await {
+                Ok(_) => exec(conn, "SAVEPOINT w").await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = locked {
+                let _ = exec(conn, "ROLLBACK").await;
+                return Err((e, finishes));
             }
-            Err(_) => {
-                tracing::error!("a write panicked; its changes are rolled back");
-                false
-            }
-        };
-        let end = match (ok, i + 1 == n) {
-            (true, false) => "RELEASE SAVEPOINT w; SAVEPOINT w",
-            (false, false) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; SAVEPOINT w",
-            (true, true) => "RELEASE SAVEPOINT w; COMMIT",
-            (false, true) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; COMMIT",
-        };
-        if let Err(e) = exec(conn, end).await {
-            let _ = exec(conn, "ROLLBACK").await;
-            return Err((e, finishes));
         }
+        let n = jobs.len();
+        let mut tail = Vec::new();
+        for (i, Job(run)) in jobs.enumerate() {
+            // A panicking write is a bug, but it must not take the writer (and with it
+            // every later write) down: roll it back; its caller sees `Closed`.
+            let ok = match AssertUnwindSafe(run(conn)).catch_unwind().await {
+                Ok((ok, finish, items)) => {
+                    finishes.push(finish);
+                    if ok {
+                        tail.extend(items);
+                    }
+                    ok
+                }
+                Err(_) => {
+                    tracing::error!("a write panicked; its changes are rolled back");
+                    false
+                }
+            };
+            let last = i + 1 == n;
+            let end = match (ok, last && tail.is_empty(), last) {
+                (true, false, false) => "RELEASE SAVEPOINT w; SAVEPOINT w",
+                (false, false, false) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; SAVEPOINT w",
+                (true, true, _) => "RELEASE SAVEPOINT w; COMMIT",
+                (false, true, _) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; COMMIT",
+                (true, false, true) => "RELEASE SAVEPOINT w",
+                (false, false, true) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w",
+            };
+            if let Err(e) = exec(conn, end).await {
+                let _ = exec(conn, "ROLLBACK").await;
+                return Err((e, finishes));
+            }
+        }
+        if n == 0 {
+            let _ = exec(conn, "ROLLBACK").await;
+        } else if !tail.is_empty() {
+            let flushed = match self.tail.get() {
+                Some(t) => t.flush(conn, tail).await,
+                None => Err(Error::Corrupt(
+                    "a write left log rows but no tail is registered to write them".into(),
+                )),
+            };
+            if let Err(e) = match flushed {
+                Ok(()) => exec(conn, "COMMIT").await,
+                Err(e) => Err(e),
+            } {
+                let _ = exec(conn, "ROLLBACK").await;
+                return Err((e, finishes));
+            }
+        }
+        Ok(finishes)
     }
-    if n == 0 {
-        let _ = exec(conn, "ROLLBACK").await;
-    }
-    Ok(finishes)
 }

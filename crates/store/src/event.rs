@@ -47,6 +47,59 @@ pub async fn append(
     Ok(row.try_get(0)?)
 }
 
+/// An event to append with [`append_many`].
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// When (epoch ms).
+    pub at: i64,
+    /// What happened.
+    pub kind: String,
+    /// To what.
+    pub subject: String,
+    /// Details.
+    pub data: serde_json::Value,
+}
+
+/// Appends `events`, in order, inside the writer's transaction: one read of the
+/// last number and one insert per 64 events.
+pub async fn append_many(conn: &mut AnyConnection, events: &[NewEvent]) -> Result<()> {
+    // Binding costs grow with the square of the parameter count in SQLite.
+    const CHUNK: usize = 64;
+    if events.is_empty() {
+        return Ok(());
+    }
+    // The writer is the only appender (on PostgreSQL it holds the writers' lock),
+    // so nothing can take these numbers between the read and the insert.
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM store_events")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut seq: i64 = row.try_get(0)?;
+    for chunk in events.chunks(CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 5;
+                format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO store_events (seq, at, kind, subject, data) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            seq += 1;
+            q = q
+                .bind(seq)
+                .bind(e.at)
+                .bind(e.kind.clone())
+                .bind(e.subject.clone())
+                .bind(e.data.to_string());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Up to `limit` events after sequence number `after`, oldest first.
     pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>> {

@@ -20,7 +20,7 @@ pub mod testing;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use commit::WriteFuture;
+pub use commit::{Tail, TailItem, WriteFuture};
 pub use migrate::Migration;
 pub use sqlx;
 pub use sqlx::AnyConnection;
@@ -120,6 +120,7 @@ pub struct Store {
     writes: mpsc::Sender<commit::Job>,
     committed: watch::Receiver<u64>,
     stop: Arc<Notify>,
+    tail: commit::TailSlot,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,13 +163,16 @@ impl Store {
         sets.extend_from_slice(migrations);
         migrate::run(&pool, backend, &sets).await?;
         let stop = Arc::new(Notify::new());
-        let (writes, committed) = commit::start(pool.clone(), backend, opts.max_batch, stop.clone());
+        let tail = commit::TailSlot::default();
+        let (writes, committed) =
+            commit::start(pool.clone(), backend, opts.max_batch, stop.clone(), tail.clone());
         Ok(Store {
             pool,
             backend,
             writes,
             committed,
             stop,
+            tail,
         })
     }
 
@@ -191,7 +195,28 @@ impl Store {
         E: From<Error> + Send + 'static,
         F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
     {
+        commit::submit(&self.writes, move |c| {
+            Box::pin(async move { f(c).await.map(|out| (out, Vec::new())) })
+        })
+        .await
+    }
+
+    /// Like [`Store::write`], but `f` also returns rows for the batch's [`Tail`]
+    /// (audit entries and events), written once for the whole batch just before
+    /// it commits. Kept only if `f` succeeds.
+    pub async fn write_logged<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
+    {
         commit::submit(&self.writes, f).await
+    }
+
+    /// Registers what writes the rows left by [`Store::write_logged`]. The first
+    /// registration wins; returns whether this one did.
+    pub fn set_tail(&self, tail: Arc<dyn Tail>) -> bool {
+        self.tail.set(tail).is_ok()
     }
 
     /// A receiver that changes after every commit (for tailing the event log).

@@ -8,8 +8,11 @@
 //! 3. **latency** — tasks are offered at `--rate`/s for `--duration` while agents
 //!    long-poll; p50/p99 of submit (request sent) → lease (reply received).
 //!
-//! Every transition is a durable, audited syscall over HTTP, one task per
-//! complete call; leases take up to `--batch` tasks.
+//! Every transition is a durable syscall over HTTP with its own audit entry.
+//! With `--batch N` (default 32) submitters send N tasks per `task.submit_many`,
+//! leases take up to N tasks and agents finish them with one `task.complete_many`;
+//! `--batch 1` uses `task.submit`, `task.lease` and `task.complete` one task at a
+//! time. The latency phase always submits one task per call.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -33,7 +36,7 @@ pub(crate) struct TasksArgs {
     /// Tasks in the burn-down phase.
     #[arg(long, default_value_t = 20_000)]
     tasks: usize,
-    /// The most tasks one lease call takes.
+    /// Tasks per submit, lease and complete call (1: the one-task calls).
     #[arg(long, default_value_t = 32)]
     batch: u32,
     /// Concurrent submitters.
@@ -74,6 +77,93 @@ impl Bench {
         v["id"].as_str().map(str::to_string)
     }
 
+    /// Submits `n` tasks in one `task.submit_many`; returns how many were queued.
+    async fn submit_many(&self, n: usize) -> usize {
+        let tasks: Vec<Value> = (0..n)
+            .map(|_| json!({"capability": self.capability, "input": {}}))
+            .collect();
+        let Ok(r) = self
+            .http
+            .post(format!("{}/v1/tasks/batch", self.url))
+            .bearer_auth(&self.admin)
+            .json(&json!({ "tasks": tasks }))
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        if r.status().as_u16() != 201 {
+            return 0;
+        }
+        r.json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["tasks"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    }
+
+    /// Submits up to `batch` tasks (one call); returns how many were queued.
+    async fn submit_some(&self, batch: usize) -> usize {
+        if batch <= 1 {
+            usize::from(self.submit().await.is_some())
+        } else {
+            self.submit_many(batch).await
+        }
+    }
+
+    /// Completes `tasks` (as leased) in one `task.complete_many`, or one call each
+    /// with `batch` 1; returns how many succeeded.
+    async fn complete(&self, token: &str, tasks: &[Value], batch: u32) -> usize {
+        if tasks.is_empty() {
+            return 0;
+        }
+        if batch > 1 {
+            let items: Vec<Value> = tasks
+                .iter()
+                .map(|t| json!({"id": t["id"], "lease_id": t["lease_id"], "result": {}}))
+                .collect();
+            let Ok(r) = self
+                .http
+                .post(format!("{}/v1/tasks/complete", self.url))
+                .bearer_auth(token)
+                .json(&json!({ "completions": items }))
+                .send()
+                .await
+            else {
+                return 0;
+            };
+            return r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["completed"].as_u64())
+                .unwrap_or(0) as usize;
+        }
+        let completes = tasks.iter().map(|t| {
+            let req = self
+                .http
+                .post(format!(
+                    "{}/v1/tasks/{}/complete",
+                    self.url,
+                    t["id"].as_str().unwrap_or_default()
+                ))
+                .bearer_auth(token)
+                .json(&json!({"lease_id": t["lease_id"], "result": {}}));
+            async move {
+                req.send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .is_some()
+            }
+        });
+        futures::future::join_all(completes)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
     /// One agent: lease, complete each task, until `stop`.
     async fn work(
         self,
@@ -106,29 +196,7 @@ impl Bench {
                         .map(|id| (id.to_string(), at)),
                 );
             }
-            let completes = tasks.iter().map(|t| {
-                let req = self
-                    .http
-                    .post(format!(
-                        "{}/v1/tasks/{}/complete",
-                        self.url,
-                        t["id"].as_str().unwrap_or_default()
-                    ))
-                    .bearer_auth(&token)
-                    .json(&json!({"lease_id": t["lease_id"], "result": {}}));
-                async move {
-                    req.send()
-                        .await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .is_some()
-                }
-            });
-            let ok = futures::future::join_all(completes)
-                .await
-                .into_iter()
-                .filter(|ok| *ok)
-                .count();
+            let ok = self.complete(&token, &tasks, batch).await;
             done.fetch_add(ok as u64, Ordering::Relaxed);
         }
     }
@@ -217,10 +285,14 @@ pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
     let next = Arc::new(AtomicU64::new(0));
     let submitters: Vec<_> = (0..args.submitters)
         .map(|_| {
-            let (b, next, n) = (b.clone(), next.clone(), args.tasks as u64);
+            let (b, next, n, batch) = (b.clone(), next.clone(), args.tasks as u64, args.batch as u64);
             tokio::spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < n {
-                    b.submit().await;
+                loop {
+                    let from = next.fetch_add(batch, Ordering::Relaxed);
+                    if from >= n {
+                        break;
+                    }
+                    b.submit_some((n - from).min(batch) as usize).await;
                 }
             })
         })
@@ -240,15 +312,29 @@ pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
     let (burned, _) = workers.stop().await;
 
     // 2. Sustained: submitters and agents together.
+    // Submitters hold back while the backlog is over a few leases' worth, so the
+    // phase measures a flow the agents keep up with, not a queue left to grow.
     let workers = Workers::start(&b, &tokens, args.batch, 200);
+    let backlog = (args.agents * args.batch as usize * 4) as u64;
+    let queued = Arc::new(AtomicU64::new(0));
     let t2 = Instant::now();
     let until = t2 + args.duration;
     let submitters: Vec<_> = (0..args.submitters)
         .map(|_| {
-            let b = b.clone();
+            let (b, batch, queued, done) = (
+                b.clone(),
+                args.batch as usize,
+                queued.clone(),
+                workers.done.clone(),
+            );
             tokio::spawn(async move {
                 while Instant::now() < until {
-                    b.submit().await;
+                    if queued.load(Ordering::Relaxed) > done.load(Ordering::Relaxed) + backlog {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    let n = b.submit_some(batch).await;
+                    queued.fetch_add(n as u64, Ordering::Relaxed);
                 }
             })
         })
@@ -257,7 +343,15 @@ pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         let _ = s.await;
     }
     let sustained_secs = t2.elapsed().as_secs_f64();
-    let (sustained, _) = workers.stop().await;
+    let sustained = workers.done.load(Ordering::Relaxed);
+    // Let the agents finish the backlog before measuring latency.
+    let drain = Instant::now();
+    while workers.done.load(Ordering::Relaxed) < queued.load(Ordering::Relaxed)
+        && drain.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    workers.stop().await;
 
     // 3. Latency at an offered load.
     let workers = Workers::start(&b, &tokens, args.batch, 1000);

@@ -32,12 +32,14 @@ pub(crate) fn registry() -> Registry {
     r.add::<audit::VerifyAudit>();
     r.add::<event::ListEvents>();
     r.add::<task::SubmitTask>();
+    r.add::<task::SubmitTasks>();
     r.add::<task::ListTasks>();
     r.add::<task::GetTask>();
     r.add::<task::CancelTask>();
     r.add::<task::LeaseTasks>();
     r.add::<task::HeartbeatTask>();
     r.add::<task::CompleteTask>();
+    r.add::<task::CompleteTasks>();
     r.add::<task::FailTask>();
     r.add::<task::Discover>();
     r.add::<supervise::SetSupervision>();

@@ -5,12 +5,17 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::Serialize;
 use strata_core::{Access, Effect, Error, ErrorCode, Method, Principal, Result, Spec, Syscall};
-use strata_orchestrator::lease::{self, Completion, Extended, Failure, Heartbeat, LeaseResponse, Outcome};
+use strata_orchestrator::lease::{
+    self, BatchOutcome, Completion, Completions, Extended, Failure, Heartbeat, LeaseResponse, Outcome,
+};
 use strata_orchestrator::task::{self, Submitted, TaskFilter, validate};
 use strata_orchestrator::{LeaseRequest, NewTask, Task};
 
 use super::ById;
-use crate::{Action, Cx, Handler, Kernel};
+use crate::{Action, Cx, Each, Handler, Kernel};
+
+/// The most items a batch call takes.
+const MAX_BATCH: usize = 100;
 
 fn agent_of(cx: &Cx) -> Result<&str> {
     match &cx.principal {
@@ -68,6 +73,64 @@ impl Handler for SubmitTask {
         Ok(Action::write(t.id().to_string(), move |c| {
             Box::pin(task::insert(c, t))
         }))
+    }
+}
+
+/// Many submissions at once.
+#[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTasks {
+    /// 1 to 100 tasks, each as `task.submit` takes it.
+    pub tasks: Vec<NewTask>,
+}
+
+/// The tasks queued, in the order sent.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SubmittedMany {
+    /// One per task sent.
+    pub tasks: Vec<Submitted>,
+}
+
+/// `task.submit_many`
+pub struct SubmitTasks;
+
+impl Syscall for SubmitTasks {
+    type Request = NewTasks;
+    type Response = SubmittedMany;
+    const SPEC: Spec = spec(
+        "task.submit_many",
+        "Submit up to 100 tasks in one call, all or none: each is checked as task.submit checks it, and an invalid one (named tasks[i]) refuses the batch.",
+        Effect::Store,
+        Method::Post,
+        "/v1/tasks/batch",
+        201,
+    );
+}
+
+impl Handler for SubmitTasks {
+    async fn handle(k: &Kernel, cx: &Cx, req: NewTasks) -> Result<Action<SubmittedMany>> {
+        if req.tasks.is_empty() || req.tasks.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "tasks",
+                format!("must hold 1 to {MAX_BATCH} tasks"),
+            ));
+        }
+        let ts = k
+            .orchestrator()
+            .prepare_tasks(req.tasks, cx.principal.audit_name(), k.now_ms())
+            .await?;
+        Ok(Action::WriteEach {
+            op: Box::new(move |c| {
+                Box::pin(async move {
+                    let tasks = task::insert_many(c, ts).await?;
+                    let resources = tasks.iter().map(|t| t.id.clone()).collect();
+                    Ok(Each {
+                        body: SubmittedMany { tasks },
+                        resources,
+                    })
+                })
+            }),
+        })
     }
 }
 
@@ -224,13 +287,24 @@ impl Handler for LeaseTasks {
         }
         let steal_after = k.orchestrator().config().steal_after_ms;
         let k2 = k.clone();
-        Ok(Action::write(agent.clone(), move |c| {
-            Box::pin(async move {
-                let now = k2.now_ms();
-                let tasks = lease::lease(c, &agent, &caps, max, lease_ms, steal_after, now).await?;
-                Ok(LeaseResponse { tasks })
-            })
-        }))
+        // One audit entry per task leased, on the task (on the agent when a
+        // racing lease took them all first).
+        Ok(Action::WriteEach {
+            op: Box::new(move |c| {
+                Box::pin(async move {
+                    let now = k2.now_ms();
+                    let tasks = lease::lease(c, &agent, &caps, max, lease_ms, steal_after, now).await?;
+                    let mut resources: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+                    if resources.is_empty() {
+                        resources.push(agent);
+                    }
+                    Ok(Each {
+                        body: LeaseResponse { tasks },
+                        resources,
+                    })
+                })
+            }),
+        })
     }
 }
 
@@ -296,6 +370,70 @@ impl Handler for CompleteTask {
                 async move { lease::complete(c, &req.id, &agent, &req.lease_id, &req.result, now).await },
             )
         }))
+    }
+}
+
+/// `task.complete_many`
+pub struct CompleteTasks;
+
+impl Syscall for CompleteTasks {
+    type Request = Completions;
+    type Response = BatchOutcome;
+    const SPEC: Spec = spec(
+        "task.complete_many",
+        "Finish up to 100 tasks this agent holds in one call. Each completion is checked and applied on its own; a refused one (lease lost, invalid result) reports its problem in its outcome and changes nothing.",
+        Effect::Store,
+        Method::Post,
+        "/v1/tasks/complete",
+        200,
+    );
+}
+
+impl Handler for CompleteTasks {
+    async fn handle(k: &Kernel, cx: &Cx, req: Completions) -> Result<Action<BatchOutcome>> {
+        let agent = agent_of(cx)?.to_string();
+        let items = req.completions;
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "completions",
+                format!("must hold 1 to {MAX_BATCH} completions"),
+            ));
+        }
+        let ids: Vec<&str> = items.iter().map(|c| c.id.as_str()).collect();
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = ids.iter().find(|id| !seen.insert(**id)) {
+            return Err(Error::invalid(
+                "completions",
+                format!("task '{dup}' appears more than once"),
+            ));
+        }
+        let task_caps = k.orchestrator().capabilities_of_tasks(&ids).await?;
+        let caps = k.identity().capabilities_of(&agent).await?;
+        let refused = items
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let cap = task_caps
+                    .get(&c.id)
+                    .and_then(|name| caps.iter().find(|d| &d.name == name))?;
+                validate(
+                    &cap.output_schema,
+                    &c.result,
+                    ErrorCode::InvalidOutput,
+                    &format!("completions[{i}].result"),
+                )
+                .err()
+            })
+            .collect();
+        let now = k.now_ms();
+        Ok(Action::WriteEach {
+            op: Box::new(move |c| {
+                Box::pin(async move {
+                    let (body, resources) = lease::complete_many(c, &items, refused, &agent, now).await?;
+                    Ok(Each { body, resources })
+                })
+            }),
+        })
     }
 }
 

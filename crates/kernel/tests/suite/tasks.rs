@@ -550,3 +550,197 @@ mod discovery {
 
     crate::on_both_backends!(discovery_ranks_capable_agents_by_success_load_and_trust);
 }
+
+mod batch {
+    use super::*;
+
+    fn many(n: usize) -> Value {
+        let tasks: Vec<Value> = (0..n)
+            .map(
+                |i| json!({"capability": "summarize", "input": {"text": format!("t{i}")}, "priority": i % 3}),
+            )
+            .collect();
+        json!({ "tasks": tasks })
+    }
+
+    /// The audit entries after `after`, as (syscall, resource).
+    async fn audited(h: &Harness, after: i64) -> Vec<(String, String)> {
+        let page = h
+            .call(&h.admin, "audit.list", json!({"after": after, "limit": 1000}))
+            .await
+            .unwrap()
+            .body;
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["syscall"].as_str().unwrap().to_string(),
+                    e["resource"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    async fn a_batch_is_queued_leased_and_completed_with_one_audit_entry_per_task(b: Backend) {
+        let h = Harness::new(b).await;
+        let (_, token) = worker(&h, "w").await;
+        let before = h.verify().await["entries"].as_i64().unwrap();
+        let sent = h.call(&h.admin, "task.submit_many", many(5)).await.unwrap();
+        assert_eq!(sent.status, 201);
+        let ids: Vec<String> = sent.body["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 5);
+        let leased = lease(&h, &token, json!({"max": 10})).await;
+        assert_eq!(leased.len(), 5);
+        // Highest priority first, then oldest: t2 (2), t1 and t4 (1), t0 and t3 (0).
+        let texts: Vec<&str> = leased
+            .iter()
+            .map(|t| t["input"]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["t2", "t1", "t4", "t0", "t3"]);
+        let completions: Vec<Value> = leased
+            .iter()
+            .map(|t| json!({"id": t["id"], "lease_id": t["lease_id"], "result": {"summary": t["input"]["text"]}}))
+            .collect();
+        let done = h
+            .call(
+                &token,
+                "task.complete_many",
+                json!({ "completions": completions }),
+            )
+            .await
+            .unwrap()
+            .body;
+        assert_eq!(done["completed"], json!(5), "{done}");
+        for t in &leased {
+            let got = state(&h, t["id"].as_str().unwrap()).await;
+            assert_eq!(got["state"], "succeeded");
+            assert_eq!(got["result"]["summary"], t["input"]["text"]);
+            assert_eq!(got["history"][0]["outcome"], "succeeded", "{got}");
+        }
+        let log = audited(&h, before).await;
+        for id in &ids {
+            for syscall in ["task.submit_many", "task.lease", "task.complete_many"] {
+                let n = log
+                    .iter()
+                    .filter(|(s, r)| s == syscall && (r == id || syscall == "task.lease"))
+                    .count();
+                assert!(n >= 1, "no {syscall} entry for {id}: {log:?}");
+            }
+            let completes = log
+                .iter()
+                .filter(|(s, r)| s == "task.complete_many" && r == id)
+                .count();
+            assert_eq!(completes, 1, "{log:?}");
+        }
+        assert_eq!(h.verify().await["ok"], json!(true));
+    }
+
+    async fn a_refused_completion_changes_only_its_own_task(b: Backend) {
+        let h = Harness::new(b).await;
+        let (_, token) = worker(&h, "w").await;
+        let (_, other) = worker(&h, "w2").await;
+        h.call(&h.admin, "task.submit_many", many(3)).await.unwrap();
+        let leased = lease(&h, &token, json!({"max": 3})).await;
+        assert_eq!(leased.len(), 3);
+        let extra = submit(&h, json!({"capability": "summarize", "input": {"text": "x"}})).await;
+        let theirs = lease(&h, &other, json!({"max": 1})).await;
+        assert_eq!(theirs[0]["id"], json!(extra));
+        let completions = json!([
+            {"id": leased[0]["id"], "lease_id": leased[0]["lease_id"], "result": {"summary": "ok"}},
+            {"id": leased[1]["id"], "lease_id": leased[1]["lease_id"], "result": {"summary": 7}},
+            {"id": leased[2]["id"], "lease_id": "lse_forged", "result": {"summary": "ok"}},
+            {"id": extra, "lease_id": theirs[0]["lease_id"], "result": {"summary": "stolen"}},
+            {"id": "tsk_nope", "lease_id": "lse_x", "result": {}}
+        ]);
+        let out = h
+            .call(
+                &token,
+                "task.complete_many",
+                json!({ "completions": completions }),
+            )
+            .await
+            .unwrap()
+            .body;
+        let codes: Vec<Value> = out["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["error"]["code"].clone())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                Value::Null,
+                json!("invalid_output"),
+                json!("lease_lost"),
+                json!("lease_lost"),
+                json!("not_found")
+            ],
+            "{out}"
+        );
+        assert_eq!(out["completed"], json!(1));
+        assert_eq!(out["outcomes"][0]["state"], "succeeded");
+        for (id, want) in [
+            (&leased[0]["id"], "succeeded"),
+            (&leased[1]["id"], "leased"),
+            (&leased[2]["id"], "leased"),
+            (&json!(extra), "leased"),
+        ] {
+            assert_eq!(state(&h, id.as_str().unwrap()).await["state"], want, "{id}");
+        }
+        // The refused ones can still be completed properly.
+        let again = json!([{"id": leased[1]["id"], "lease_id": leased[1]["lease_id"], "result": {"summary": "fixed"}}]);
+        let out = h
+            .call(&token, "task.complete_many", json!({ "completions": again }))
+            .await
+            .unwrap()
+            .body;
+        assert_eq!(out["completed"], json!(1), "{out}");
+        assert_eq!(h.verify().await["ok"], json!(true));
+    }
+
+    async fn an_invalid_task_refuses_the_whole_submission(b: Backend) {
+        let h = Harness::new(b).await;
+        worker(&h, "w").await;
+        let mut body = many(3);
+        body["tasks"][2]["input"] = json!({"text": 5});
+        let e = h.call(&h.admin, "task.submit_many", body).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidInput);
+        assert!(e.detail.starts_with("tasks[2].input"), "{}", e.detail);
+        let listed = h.call(&h.admin, "task.list", json!({})).await.unwrap().body;
+        assert_eq!(listed["items"], json!([]));
+        for (body, field) in [(json!({"tasks": []}), "tasks"), (many(101), "tasks")] {
+            let e = h.call(&h.admin, "task.submit_many", body).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert!(e.detail.starts_with(field), "{}", e.detail);
+        }
+        let (_, token) = worker(&h, "w2").await;
+        let dup =
+            json!({"completions": [{"id": "tsk_a", "lease_id": "l"}, {"id": "tsk_a", "lease_id": "l"}]});
+        let e = h.call(&token, "task.complete_many", dup).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.detail.contains("more than once"), "{}", e.detail);
+        let e = h
+            .call(
+                &h.admin,
+                "task.complete_many",
+                json!({"completions": [{"id": "tsk_a", "lease_id": "l"}]}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+    }
+
+    crate::on_both_backends!(
+        a_batch_is_queued_leased_and_completed_with_one_audit_entry_per_task,
+        a_refused_completion_changes_only_its_own_task,
+        an_invalid_task_refuses_the_whole_submission,
+    );
+}
