@@ -33,10 +33,15 @@ rows = [
     ("p50 submit->lease/start at 1000/s, ms", s.get("p50_submit_to_lease_ms"), c.get("p50_submit_to_start_ms"), False),
     ("p99 submit->lease/start at 1000/s, ms", s.get("p99_submit_to_lease_ms"), c.get("p99_submit_to_start_ms"), False),
 ]
-print(f"{'measure':<40} {'strata':>10} {'celery':>10} {'strata/celery':>14}")
+print(f"{'measure':<40} {'strata':>10} {'celery':>10} {'strata vs celery':>16}")
 for name, a, b, higher in rows:
-    ratio = f"{a / b:.2f}x" if a and b else "-"
-    print(f"{name:<40} {a!s:>10} {b!s:>10} {ratio:>14}")
+    if not (a and b):
+        ratio = "-"
+    elif higher:
+        ratio = f"{a / b:.2f}x"
+    else:
+        ratio = f"{b / a:.1f}x lower"
+    print(f"{name:<40} {a!s:>10} {b!s:>10} {ratio:>16}")
 print("Strata: durable SQLite/PostgreSQL commits, every transition audited;"
       " Celery: Redis without persistence (see bench/celery/README.md).")
 PY

@@ -145,9 +145,12 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// Lets a lease read the ready tasks of a capability already in lease order and
-/// stop at its limit, instead of sorting the whole queue on every lease.
-const READY_INDEX: &str =
-    "CREATE INDEX orc_tasks_ready ON orc_tasks (state, capability, priority DESC, created_at, id)";
+/// stop at its limit, instead of sorting the whole queue on every lease. It
+/// serves every query the older queue index served, which goes.
+const READY_INDEX: &str = "
+CREATE INDEX orc_tasks_ready ON orc_tasks (state, capability, priority DESC, created_at, id);
+DROP INDEX orc_tasks_queue;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE orc_tasks (

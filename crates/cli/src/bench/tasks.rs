@@ -183,6 +183,8 @@ impl Bench {
                 .send()
                 .await
             else {
+                // The server is gone or overloaded: do not spin on it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let at = Instant::now();
