@@ -563,6 +563,14 @@ mod batch {
         json!({ "tasks": tasks })
     }
 
+    /// Sends `completions` (a JSON array) in one `task.complete_many`; returns the outcome.
+    async fn complete_many(h: &Harness, token: &str, completions: Value) -> Value {
+        h.call(token, "task.complete_many", json!({ "completions": completions }))
+            .await
+            .unwrap()
+            .body
+    }
+
     /// The audit entries after `after`, as (syscall, resource).
     async fn audited(h: &Harness, after: i64) -> Vec<(String, String)> {
         let page = h
@@ -608,15 +616,7 @@ mod batch {
             .iter()
             .map(|t| json!({"id": t["id"], "lease_id": t["lease_id"], "result": {"summary": t["input"]["text"]}}))
             .collect();
-        let done = h
-            .call(
-                &token,
-                "task.complete_many",
-                json!({ "completions": completions }),
-            )
-            .await
-            .unwrap()
-            .body;
+        let done = complete_many(&h, &token, json!(completions)).await;
         assert_eq!(done["completed"], json!(5), "{done}");
         for t in &leased {
             let got = state(&h, t["id"].as_str().unwrap()).await;
@@ -659,15 +659,7 @@ mod batch {
             {"id": extra, "lease_id": theirs[0]["lease_id"], "result": {"summary": "stolen"}},
             {"id": "tsk_nope", "lease_id": "lse_x", "result": {}}
         ]);
-        let out = h
-            .call(
-                &token,
-                "task.complete_many",
-                json!({ "completions": completions }),
-            )
-            .await
-            .unwrap()
-            .body;
+        let out = complete_many(&h, &token, completions).await;
         let codes: Vec<Value> = out["outcomes"]
             .as_array()
             .unwrap()
@@ -697,11 +689,7 @@ mod batch {
         }
         // The refused ones can still be completed properly.
         let again = json!([{"id": leased[1]["id"], "lease_id": leased[1]["lease_id"], "result": {"summary": "fixed"}}]);
-        let out = h
-            .call(&token, "task.complete_many", json!({ "completions": again }))
-            .await
-            .unwrap()
-            .body;
+        let out = complete_many(&h, &token, again).await;
         assert_eq!(out["completed"], json!(1), "{out}");
         assert_eq!(h.verify().await["ok"], json!(true));
     }
