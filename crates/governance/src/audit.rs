@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
-use strata_store::Store;
+use strata_store::{Params, Store};
 
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -117,9 +117,7 @@ pub async fn append(conn: &mut AnyConnection, d: &AuditDraft) -> strata_store::R
 /// head, one insert per 32 entries, one head update. Returns the last sequence number.
 pub async fn append_many(conn: &mut AnyConnection, drafts: &[AuditDraft]) -> strata_store::Result<i64> {
     const COLUMNS: usize = 11;
-    // Small statements: binding costs grow with the square of the parameter
-    // count in SQLite (each bind looks its name up in a list).
-    const CHUNK: usize = 32;
+    const CHUNK: usize = 64;
     let head = sqlx::query("SELECT seq, hash FROM gov_audit_head WHERE id = 1")
         .fetch_optional(&mut *conn)
         .await?;
@@ -132,6 +130,7 @@ pub async fn append_many(conn: &mut AnyConnection, drafts: &[AuditDraft]) -> str
     }
     let mut seq = first_seq;
     for chunk in drafts.chunks(CHUNK) {
+        let mut p = Params::on(conn);
         let mut sql = String::from(
             "INSERT INTO gov_audit (seq, at, principal, syscall, resource, intent_id, outcome, status, request_digest, prev_hash, hash) VALUES ",
         );
@@ -139,11 +138,10 @@ pub async fn append_many(conn: &mut AnyConnection, drafts: &[AuditDraft]) -> str
         for (i, d) in chunk.iter().enumerate() {
             seq += 1;
             let hash = chain_hash(&prev_hash, seq, d);
-            let p: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", i * COLUMNS + c)).collect();
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("({})", p.join(", ")));
+            sql.push_str(&p.row(COLUMNS));
             rows.push((seq, std::mem::replace(&mut prev_hash, hash.clone()), hash));
         }
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));

@@ -1,4 +1,5 @@
-//! Work the kernel does on its own: sweeping expired leases and missed deadlines.
+//! Work the kernel does on its own: sweeping expired leases and missed deadlines,
+//! and ranking the agents that wait for work.
 //!
 //! Each transition is audited with the `system` principal and published as an
 //! event, in the same transaction as the change. On PostgreSQL every replica
@@ -10,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use strata_core::{Id, Result};
 use strata_governance::{AuditDraft, audit};
+use strata_orchestrator::TaskState;
 use strata_orchestrator::supervise::Supervised;
 use strata_orchestrator::sweep::{Swept, sweep};
 use strata_store::{AnyConnection, event};
@@ -18,6 +20,9 @@ use crate::Kernel;
 
 /// How often the sweeper runs.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Every how many sweeps the dispatcher's ranking of waiting agents is refreshed.
+const RANK_EVERY: u64 = 4;
 
 impl Kernel {
     /// Runs one sweep now and returns what it changed.
@@ -46,10 +51,21 @@ impl Kernel {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for round in 0u64.. {
                 tick.tick().await;
+                if round % RANK_EVERY == 0
+                    && let Err(e) = k.orchestrator().rank_waiters(k.now_ms()).await
+                {
+                    tracing::warn!(error = %e, "ranking waiting agents failed");
+                }
                 match k.sweep_once().await {
                     Ok(swept) if !swept.is_empty() => {
+                        if swept
+                            .iter()
+                            .any(|s| s.state == TaskState::Queued || s.supervision.is_some())
+                        {
+                            k.orchestrator().dispatcher().ready_any();
+                        }
                         tracing::info!(transitions = swept.len(), "sweeper moved tasks")
                     }
                     Ok(_) => {}

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
+use strata_store::Params;
 
 use crate::supervise::{Supervised, after_death};
 use crate::task::{TaskState, current, end_attempt};
@@ -217,14 +218,21 @@ pub fn lease_len(o: &Orchestrator, asked: Option<u64>, field: &str) -> Result<i6
     Ok(ms)
 }
 
-fn candidates_sql(select: &str, n_caps: usize) -> String {
+/// The ready tasks `agent` may take, in lease order. Binds: now, agent, agent,
+/// the steal cutoff, each capability, the limit.
+fn candidates_sql(select: &str, n_caps: usize, mut p: Params) -> String {
     format!(
-        "SELECT {select} FROM orc_tasks WHERE state = 'queued' AND not_before <= $1
-           AND (pinned_agent IS NULL OR pinned_agent = $2 OR (stealable = 1 AND created_at <= $3))
-           AND (avoid_agent IS NULL OR avoid_agent <> $2)
+        "SELECT {select} FROM orc_tasks WHERE state = 'queued' AND not_before <= {}
+           AND (pinned_agent IS NULL OR pinned_agent = {} OR (stealable = 1 AND created_at <= {}))
+           AND (avoid_agent IS NULL OR avoid_agent <> {})
            AND capability IN ({})
-         ORDER BY priority DESC, created_at, id LIMIT $4",
-        params(5, n_caps)
+         ORDER BY priority DESC, created_at, id LIMIT {}",
+        p.one(),
+        p.one(),
+        p.one(),
+        p.one(),
+        p.list(n_caps),
+        p.one()
     )
 }
 
@@ -234,16 +242,20 @@ impl Orchestrator {
         if caps.is_empty() {
             return Ok(false);
         }
-        let sql = candidates_sql("id", caps.len());
+        let sql = candidates_sql("id", caps.len(), Params::new(self.store.backend()));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .bind(agent)
             .bind(now - self.config.steal_after_ms)
-            .bind(1_i64);
+            .bind(agent);
         for c in caps {
             q = q.bind(c.clone());
         }
-        Ok(q.fetch_optional(self.store.pool()).await.map_err(db)?.is_some())
+        Ok(q.bind(1_i64)
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(db)?
+            .is_some())
     }
 }
 
@@ -260,16 +272,20 @@ pub async fn lease(
     if caps.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = candidates_sql("id, capability, input, attempts, deadline", caps.len());
+    let sql = candidates_sql(
+        "id, capability, input, attempts, deadline",
+        caps.len(),
+        Params::on(conn),
+    );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(now)
         .bind(agent)
         .bind(now - steal_after_ms)
-        .bind(max);
+        .bind(agent);
     for c in caps {
         q = q.bind(c.clone());
     }
-    let rows = q.fetch_all(&mut *conn).await.map_err(db)?;
+    let rows = q.bind(max).fetch_all(&mut *conn).await.map_err(db)?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -282,27 +298,38 @@ pub async fn lease(
         .map(|r| r.try_get::<String, _>(0))
         .collect::<Result<_, _>>()
         .map_err(db)?;
-    let list = params(5, ids.len());
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE orc_tasks SET state = 'leased', lease_id = $1, lease_agent = $2, lease_expires_at = $3,
-            attempts = attempts + 1, updated_at = $4 WHERE id IN ({list})"
-    )))
-    .bind(&lease_id)
-    .bind(agent)
-    .bind(expires)
-    .bind(now);
+    let mut p = Params::on(conn);
+    let sql = format!(
+        "UPDATE orc_tasks SET state = 'leased', lease_id = {}, lease_agent = {}, lease_expires_at = {},
+            attempts = attempts + 1, updated_at = {} WHERE id IN ({})",
+        p.one(),
+        p.one(),
+        p.one(),
+        p.one(),
+        p.list(ids.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&lease_id)
+        .bind(agent)
+        .bind(expires)
+        .bind(now);
     for id in &ids {
         q = q.bind(id.clone());
     }
     q.execute(&mut *conn).await.map_err(db)?;
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let mut p = Params::on(conn);
+    let sql = format!(
         "INSERT INTO orc_attempts (task_id, attempt, agent_id, lease_id, started_at)
-         SELECT id, attempts, $2, $1, $3 FROM orc_tasks WHERE id IN ({})",
-        params(4, ids.len())
-    )))
-    .bind(&lease_id)
-    .bind(agent)
-    .bind(now);
+         SELECT id, attempts, {}, {}, {} FROM orc_tasks WHERE id IN ({})",
+        p.one(),
+        p.one(),
+        p.one(),
+        p.list(ids.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(agent)
+        .bind(&lease_id)
+        .bind(now);
     for id in &ids {
         q = q.bind(id.clone());
     }
@@ -321,14 +348,6 @@ pub async fn lease(
         });
     }
     Ok(out)
-}
-
-/// `$from, $from+1, …` for `n` parameters.
-pub(crate) fn params(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Checks that `agent` holds lease `lease_id` on task `id`; returns the attempt number.
@@ -432,7 +451,7 @@ pub async fn complete_many(
     let ids: Vec<&str> = items.iter().map(|c| c.id.as_str()).collect();
     let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id, state, lease_id, lease_agent, attempts FROM orc_tasks WHERE id IN ({})",
-        params(1, ids.len())
+        Params::on(conn).list(ids.len())
     )));
     for id in &ids {
         q = q.bind(id.to_string());
@@ -466,32 +485,36 @@ pub async fn complete_many(
         }
     }
     if !done.is_empty() {
-        let pairs: Vec<String> = (0..done.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
-            .collect();
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE orc_attempts SET ended_at = $1, outcome = 'succeeded', error = NULL
+        let mut p = Params::on(conn);
+        let sql = format!(
+            "UPDATE orc_attempts SET ended_at = {}, outcome = 'succeeded', error = NULL
              WHERE (task_id, attempt) IN (VALUES {})",
-            pairs.join(", ")
-        )))
-        .bind(now);
+            p.one(),
+            done.iter().map(|_| p.row(2)).collect::<Vec<_>>().join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
         for (c, attempt) in &done {
             q = q.bind(c.id.clone()).bind(*attempt);
         }
         q.execute(&mut *conn).await.map_err(db)?;
-        let whens: Vec<String> = (0..done.len())
-            .map(|i| format!("WHEN ${} THEN ${}", 2 * i + 2, 2 * i + 3))
+        let mut p = Params::on(conn);
+        let whens: Vec<String> = done
+            .iter()
+            .map(|_| format!("WHEN {} THEN {}", p.one(), p.one()))
             .collect();
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "UPDATE orc_tasks SET state = 'succeeded', result = CASE id {} END, lease_id = NULL,
-                lease_expires_at = NULL, updated_at = $1, finished_at = $1 WHERE id IN ({})",
+                lease_expires_at = NULL, updated_at = {}, finished_at = {} WHERE id IN ({})",
             whens.join(" "),
-            params(2 + 2 * done.len(), done.len())
-        )))
-        .bind(now);
+            p.one(),
+            p.one(),
+            p.list(done.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (c, _) in &done {
             q = q.bind(c.id.clone()).bind(c.result.to_string());
         }
+        q = q.bind(now).bind(now);
         for (c, _) in &done {
             q = q.bind(c.id.clone());
         }

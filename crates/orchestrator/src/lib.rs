@@ -6,6 +6,7 @@
 //!   oldest), heartbeat, complete with a schema-checked result, or fail.
 //! - [`retry`]: exponential backoff with jitter between attempts.
 //! - [`discovery`]: capable agents ranked by success rate, load and trust.
+//! - [`dispatch`]: waiting leases, woken best-ranked first when work arrives.
 //! - [`fleet`]: the desired state of managed agents (the kernel reconciles it).
 //! - [`presence`]: when each agent last called, for health and liveness.
 //! - [`breaker`]: an agent whose attempts keep failing gets no tasks for a while.
@@ -20,6 +21,7 @@
 
 pub mod breaker;
 pub mod discovery;
+pub mod dispatch;
 pub mod fleet;
 pub mod lease;
 pub mod presence;
@@ -76,6 +78,7 @@ pub struct Orchestrator {
     identity: Identity,
     config: Config,
     presence: presence::Presence,
+    dispatcher: dispatch::Dispatcher,
 }
 
 impl Orchestrator {
@@ -87,12 +90,29 @@ impl Orchestrator {
             identity,
             config,
             presence: presence::Presence::new(clock),
+            dispatcher: dispatch::Dispatcher::default(),
         }
     }
 
     /// When agents were last seen.
     pub fn presence(&self) -> &presence::Presence {
         &self.presence
+    }
+
+    /// The leases waiting for work.
+    pub fn dispatcher(&self) -> &dispatch::Dispatcher {
+        &self.dispatcher
+    }
+
+    /// Refreshes the dispatcher's ranking of the agents able to do what some
+    /// lease waits for (from discovery's scores).
+    pub async fn rank_waiters(&self, now: i64) -> strata_core::Result<()> {
+        for cap in self.dispatcher.wanted() {
+            let ranking = self.discover(&cap, now).await?;
+            self.dispatcher
+                .set_scores(&cap, ranking.agents.into_iter().map(|a| (a.agent_id, a.score)));
+        }
+        Ok(())
     }
 
     /// Its tunables.

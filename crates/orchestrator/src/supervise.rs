@@ -364,7 +364,7 @@ pub(crate) async fn after_death(
                 "system".into(),
                 now,
             );
-            Some(insert(conn, review).await?.id)
+            Some(insert(conn, &review).await?.id)
         }
     };
     sqlx::query(

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
+use strata_store::Params;
 
 use strata_identity::agent::Declared;
 
@@ -245,6 +246,15 @@ impl PreparedTask {
     /// The id the task will have.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// What the dispatcher is told once the task is queued.
+    pub fn ready(&self) -> crate::dispatch::Ready<'_> {
+        crate::dispatch::Ready {
+            capability: &self.req.capability,
+            pinned: self.req.agent.as_deref(),
+            count: 1,
+        }
     }
 }
 
@@ -505,37 +515,31 @@ pub(crate) fn read(r: &sqlx::any::AnyRow) -> Result<Task> {
 }
 
 /// Inserts a prepared task (inside the writer).
-pub async fn insert(conn: &mut AnyConnection, t: PreparedTask) -> Result<Submitted> {
-    let mut out = insert_many(conn, vec![t]).await?;
+pub async fn insert(conn: &mut AnyConnection, t: &PreparedTask) -> Result<Submitted> {
+    let mut out = insert_many(conn, std::slice::from_ref(t)).await?;
     out.pop().ok_or_else(|| Error::internal("no task inserted"))
 }
 
 /// Queues prepared tasks (inside the writer), in one statement per 25.
-pub async fn insert_many(conn: &mut AnyConnection, tasks: Vec<PreparedTask>) -> Result<Vec<Submitted>> {
-    const COLUMNS: usize = 14;
-    // Binding costs grow with the square of the parameter count in SQLite.
-    for chunk in tasks.chunks(25) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p = |c: usize| format!("${}", i * COLUMNS + c);
+pub async fn insert_many(conn: &mut AnyConnection, tasks: &[PreparedTask]) -> Result<Vec<Submitted>> {
+    const COLUMNS: usize = 16;
+    for chunk in tasks.chunks(50) {
+        let mut p = Params::on(conn);
+        // id, capability, input, priority, 'queued', pinned_agent, stealable, 0,
+        // max_attempts, backoff_initial_ms, backoff_max_ms, not_before, deadline,
+        // labels, parent, submitted_by, created_at, updated_at.
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|_| {
                 format!(
-                    "({}, {}, {}, {}, 'queued', {}, {}, 0, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-                    p(1),
-                    p(2),
-                    p(3),
-                    p(4),
-                    p(5),
-                    p(6),
-                    p(7),
-                    p(8),
-                    p(9),
-                    p(10),
-                    p(11),
-                    p(12),
-                    p(13),
-                    p(14),
-                    p(10),
-                    p(10)
+                    "({}, {}, {}, {}, 'queued', {}, {}, 0, {})",
+                    p.one(),
+                    p.one(),
+                    p.one(),
+                    p.one(),
+                    p.one(),
+                    p.one(),
+                    p.list(COLUMNS - 6)
                 )
             })
             .collect();
@@ -560,14 +564,16 @@ pub async fn insert_many(conn: &mut AnyConnection, tasks: Vec<PreparedTask>) -> 
                 .bind(t.deadline)
                 .bind(serde_json::to_string(&t.req.labels).map_err(Error::internal)?)
                 .bind(t.req.parent.clone())
-                .bind(t.submitted_by.clone());
+                .bind(t.submitted_by.clone())
+                .bind(t.now)
+                .bind(t.now);
         }
         q.execute(&mut *conn).await.map_err(db)?;
     }
     Ok(tasks
-        .into_iter()
+        .iter()
         .map(|t| Submitted {
-            id: t.id,
+            id: t.id.clone(),
             state: TaskState::Queued,
         })
         .collect())
@@ -581,7 +587,7 @@ impl Orchestrator {
     ) -> Result<std::collections::HashMap<String, String>> {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id, capability FROM orc_tasks WHERE id IN ({})",
-            crate::lease::params(1, ids.len())
+            Params::new(self.store.backend()).list(ids.len())
         )));
         for id in ids {
             q = q.bind(id.to_string());

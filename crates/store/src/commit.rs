@@ -2,11 +2,13 @@
 //!
 //! One task owns one connection and runs every write. It takes the first waiting
 //! job, then everything else already queued (up to `max_batch`), and runs them in
-//! one transaction, each between `SAVEPOINT` and `RELEASE`. A job that fails is
-//! rolled back to its savepoint and gets its own error; the others commit. Results
-//! are released only after `COMMIT` returns, so nobody sees an acknowledgement for a
-//! write that could still be lost.
+//! one transaction, each between `SAVEPOINT` and `RELEASE`; jobs that arrive while
+//! the batch runs join it too, until it is full or nothing more is waiting. A job
+//! that fails is rolled back to its savepoint and gets its own error; the others
+//! commit. Results are released only after `COMMIT` returns, so nobody sees an
+//! acknowledgement for a write that could still be lost.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
@@ -56,7 +58,7 @@ pub(crate) fn start(
     max_batch: usize,
     stop: Arc<Notify>,
     tail: TailSlot,
-) -> (mpsc::Sender<Job>, watch::Receiver<u64>) {
+) -> Result<(mpsc::Sender<Job>, watch::Receiver<u64>), Error> {
     let (tx, rx) = mpsc::channel(4096);
     let (committed_tx, committed_rx) = watch::channel(0);
     let w = Writer {
@@ -65,8 +67,19 @@ pub(crate) fn start(
         max_batch: max_batch.max(1),
         tail,
     };
-    tokio::spawn(w.run(rx, committed_tx, stop));
-    (tx, committed_rx)
+    // The writer runs on a thread of its own, so that a busy server (HTTP, JSON,
+    // hashing on every worker) does not delay it between statements: every write
+    // waits for it, and each of its round trips would queue behind that work.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(sqlx::Error::Io)?;
+    let run = w.run(rx, committed_tx, stop);
+    std::thread::Builder::new()
+        .name("strata-writer".into())
+        .spawn(move || rt.block_on(run))
+        .map_err(sqlx::Error::Io)?;
+    Ok((tx, committed_rx))
 }
 
 pub(crate) async fn submit<T, E, F>(jobs: &mpsc::Sender<Job>, f: F) -> Result<T, E>
@@ -118,6 +131,9 @@ impl Writer {
                 _ = stop.notified() => 0,
             };
             if n == 0 {
+                if let Some(c) = conn.take() {
+                    close(c).await;
+                }
                 break;
             }
             let c = match conn.take() {
@@ -132,7 +148,7 @@ impl Writer {
                 },
             };
             let mut c = c;
-            match self.run_batch(&mut c, batch.drain(..)).await {
+            match self.run_batch(&mut c, batch.drain(..).collect(), &mut rx).await {
                 Ok(finishes) => {
                     for f in finishes {
                         f(Ok(()));
@@ -146,11 +162,21 @@ impl Writer {
                     for f in finishes {
                         f(Err(Error::Database(sqlx::Error::Protocol(msg.clone()))));
                     }
-                    // Drop the connection: its state is unknown after a failed batch.
-                    c.close_on_drop();
+                    // Close the connection: its state is unknown after a failed batch.
+                    close(c).await;
                 }
             }
         }
+    }
+}
+
+/// Closes the writer's connection here: a dropped one would be handed back to the
+/// pool by a task on this thread's runtime, which ends with the writer.
+async fn close(c: PoolConnection<Any>) {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), c.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "closing the writer's connection failed"),
+        Err(_) => tracing::warn!("closing the writer's connection timed out"),
     }
 }
 
@@ -170,7 +196,8 @@ impl Writer {
     async fn run_batch(
         &self,
         conn: &mut AnyConnection,
-        jobs: impl ExactSizeIterator<Item = Job>,
+        jobs: VecDeque<Job>,
+        rx: &mut mpsc::Receiver<Job>,
     ) -> Result<Vec<Finish>, (Error, Vec<Finish>)> {
         let backend = self.backend;
         let mut finishes = Vec::new();
@@ -198,9 +225,10 @@ impl Writer {
                 return Err((e, finishes));
             }
         }
-        let n = jobs.len();
+        let mut pending = jobs;
+        let mut taken = pending.len();
         let mut tail = Vec::new();
-        for (i, Job(run)) in jobs.enumerate() {
+        while let Some(Job(run)) = pending.pop_front() {
             // A panicking write is a bug, but it must not take the writer (and with it
             // every later write) down: roll it back; its caller sees `Closed`.
             let ok = match AssertUnwindSafe(run(conn)).catch_unwind().await {
@@ -216,36 +244,48 @@ impl Writer {
                     false
                 }
             };
-            let last = i + 1 == n;
-            let end = match (ok, last && tail.is_empty(), last) {
-                (true, false, false) => "RELEASE SAVEPOINT w; SAVEPOINT w",
-                (false, false, false) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; SAVEPOINT w",
-                (true, true, _) => "RELEASE SAVEPOINT w; COMMIT",
-                (false, true, _) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; COMMIT",
-                (true, false, true) => "RELEASE SAVEPOINT w",
-                (false, false, true) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w",
+            let end = match (ok, pending.is_empty()) {
+                (true, false) => "RELEASE SAVEPOINT w; SAVEPOINT w",
+                (false, false) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; SAVEPOINT w",
+                (true, true) => "RELEASE SAVEPOINT w",
+                (false, true) => "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w",
             };
-            if let Err(e) = exec(conn, end).await {
+            let mut ended = exec(conn, end).await;
+            // Writes queued meanwhile (often ones the batch's own writes woke, such
+            // as a lease for a task just submitted) join the batch rather than wait
+            // a whole commit for the next one.
+            if ended.is_ok() && pending.is_empty() {
+                while taken < self.max_batch
+                    && let Ok(job) = rx.try_recv()
+                {
+                    pending.push_back(job);
+                    taken += 1;
+                }
+                if !pending.is_empty() {
+                    ended = exec(conn, "SAVEPOINT w").await;
+                }
+            }
+            if let Err(e) = ended {
                 let _ = exec(conn, "ROLLBACK").await;
                 return Err((e, finishes));
             }
         }
-        if n == 0 {
-            let _ = exec(conn, "ROLLBACK").await;
-        } else if !tail.is_empty() {
-            let flushed = match self.tail.get() {
+        let flushed = if tail.is_empty() {
+            Ok(())
+        } else {
+            match self.tail.get() {
                 Some(t) => t.flush(conn, tail).await,
                 None => Err(Error::Corrupt(
                     "a write left log rows but no tail is registered to write them".into(),
                 )),
-            };
-            if let Err(e) = match flushed {
-                Ok(()) => exec(conn, "COMMIT").await,
-                Err(e) => Err(e),
-            } {
-                let _ = exec(conn, "ROLLBACK").await;
-                return Err((e, finishes));
             }
+        };
+        if let Err(e) = match flushed {
+            Ok(()) => exec(conn, "COMMIT").await,
+            Err(e) => Err(e),
+        } {
+            let _ = exec(conn, "ROLLBACK").await;
+            return Err((e, finishes));
         }
         Ok(finishes)
     }

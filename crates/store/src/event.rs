@@ -7,7 +7,7 @@
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
-use crate::{Result, Store};
+use crate::{Params, Result, Store};
 
 /// One committed change.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -63,8 +63,7 @@ pub struct NewEvent {
 /// Appends `events`, in order, inside the writer's transaction: one read of the
 /// last number and one insert per 64 events.
 pub async fn append_many(conn: &mut AnyConnection, events: &[NewEvent]) -> Result<()> {
-    // Binding costs grow with the square of the parameter count in SQLite.
-    const CHUNK: usize = 64;
+    const CHUNK: usize = 100;
     if events.is_empty() {
         return Ok(());
     }
@@ -75,12 +74,8 @@ pub async fn append_many(conn: &mut AnyConnection, events: &[NewEvent]) -> Resul
         .await?;
     let mut seq: i64 = row.try_get(0)?;
     for chunk in events.chunks(CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = i * 5;
-                format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5)
-            })
-            .collect();
+        let mut p = Params::on(conn);
+        let values: Vec<String> = chunk.iter().map(|_| p.row(5)).collect();
         let sql = format!(
             "INSERT INTO store_events (seq, at, kind, subject, data) VALUES {}",
             values.join(", ")

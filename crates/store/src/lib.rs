@@ -15,6 +15,7 @@
 mod commit;
 pub mod event;
 mod migrate;
+mod params;
 pub mod testing;
 
 use std::str::FromStr;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use commit::{Tail, TailItem, WriteFuture};
 pub use migrate::Migration;
+pub use params::Params;
 pub use sqlx;
 pub use sqlx::AnyConnection;
 
@@ -165,7 +167,7 @@ impl Store {
         let stop = Arc::new(Notify::new());
         let tail = commit::TailSlot::default();
         let (writes, committed) =
-            commit::start(pool.clone(), backend, opts.max_batch, stop.clone(), tail.clone());
+            commit::start(pool.clone(), backend, opts.max_batch, stop.clone(), tail.clone())?;
         Ok(Store {
             pool,
             backend,

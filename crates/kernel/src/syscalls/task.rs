@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::Serialize;
 use strata_core::{Access, Effect, Error, ErrorCode, Method, Principal, Result, Spec, Syscall};
+use strata_orchestrator::dispatch::Wake;
 use strata_orchestrator::lease::{
     self, BatchOutcome, Completion, Completions, Extended, Failure, Heartbeat, LeaseResponse, Outcome,
 };
@@ -70,8 +71,15 @@ impl Handler for SubmitTask {
             .orchestrator()
             .prepare_task(req, cx.principal.audit_name(), k.now_ms())
             .await?;
+        let k2 = k.clone();
+        // Waiters are woken from inside the write: their leases join a later
+        // batch of the writer than this one, so they see the task once it commits.
         Ok(Action::write(t.id().to_string(), move |c| {
-            Box::pin(task::insert(c, t))
+            Box::pin(async move {
+                let out = task::insert(c, &t).await?;
+                k2.orchestrator().dispatcher().queued([t.ready()]);
+                Ok(out)
+            })
         }))
     }
 }
@@ -119,10 +127,14 @@ impl Handler for SubmitTasks {
             .orchestrator()
             .prepare_tasks(req.tasks, cx.principal.audit_name(), k.now_ms())
             .await?;
+        let k2 = k.clone();
         Ok(Action::WriteEach {
             op: Box::new(move |c| {
                 Box::pin(async move {
-                    let tasks = task::insert_many(c, ts).await?;
+                    let tasks = task::insert_many(c, &ts).await?;
+                    k2.orchestrator()
+                        .dispatcher()
+                        .queued(ts.iter().map(|t| t.ready()));
                     let resources = tasks.iter().map(|t| t.id.clone()).collect();
                     Ok(Each {
                         body: SubmittedMany { tasks },
@@ -233,6 +245,9 @@ impl Handler for CancelTask {
     }
 }
 
+/// How often a waiting lease looks at the queue on its own.
+const RECHECK: Duration = Duration::from_millis(500);
+
 /// `task.lease`
 pub struct LeaseTasks;
 
@@ -274,17 +289,28 @@ impl Handler for LeaseTasks {
                 return Ok(Action::Done(LeaseResponse { tasks: Vec::new() }));
             }
         }
-        let mut commits = k.store().commits();
-        commits.borrow_and_update();
-        // Wait without polling: re-check after each commit (a submission or a
-        // requeue), and at least twice a second for retries whose backoff ends.
-        while !k.orchestrator().has_candidates(&agent, &caps, k.now_ms()).await? {
+        // Wait without polling: the dispatcher wakes this lease when a task it can
+        // take is queued (or leases requeue); a re-check twice a second finds
+        // what nobody announces (a retry whose backoff ends, a steal delay that
+        // passes, a submission on another replica).
+        let waiting = k
+            .orchestrator()
+            .dispatcher()
+            .wait(&agent, &caps, u32::try_from(max).unwrap_or(1));
+        let mut ready = k.orchestrator().has_candidates(&agent, &caps, k.now_ms()).await?;
+        while !ready {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(Action::Done(LeaseResponse { tasks: Vec::new() }));
             }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(500)), commits.changed()).await;
+            ready = match waiting.woken(left.min(RECHECK)).await {
+                Some(Wake::Lease) => true,
+                Some(Wake::Check) | None => {
+                    k.orchestrator().has_candidates(&agent, &caps, k.now_ms()).await?
+                }
+            };
         }
+        drop(waiting);
         let steal_after = k.orchestrator().config().steal_after_ms;
         let k2 = k.clone();
         // One audit entry per task leased, on the task (on the agent when a

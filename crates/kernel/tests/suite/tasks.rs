@@ -158,6 +158,52 @@ async fn a_waiting_lease_wakes_when_a_task_arrives(b: Backend) {
     );
 }
 
+async fn the_best_ranked_waiting_agent_is_woken_first(b: Backend) {
+    let h = std::sync::Arc::new(Harness::new(b).await);
+    let (_, plain) = worker(&h, "plain").await;
+    let trusted = h
+        .call(
+            &h.admin,
+            "agent.create",
+            json!({"name": "trusted", "labels": {"strata.trust": "1"},
+                   "capabilities": [{"name": "summarize"}]}),
+        )
+        .await
+        .unwrap()
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dispatcher = h.kernel.orchestrator().dispatcher().clone();
+    let wait_for = |n: usize| {
+        let d = dispatcher.clone();
+        async move {
+            while d.waiting() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let waiting = |tok: String| {
+        let h = h.clone();
+        tokio::spawn(async move { lease(&h, &tok, json!({"wait_ms": 1500})).await })
+    };
+    // The plain agent waits longest, so arrival order alone would pick it.
+    let plain = waiting(plain);
+    wait_for(1).await;
+    let trusted = waiting(trusted);
+    wait_for(2).await;
+    h.kernel
+        .orchestrator()
+        .rank_waiters(h.kernel.now_ms())
+        .await
+        .unwrap();
+    let id = submit(&h, json!({"capability": "summarize", "input": {"text": "one"}})).await;
+    let got = trusted.await.unwrap();
+    assert_eq!(got.len(), 1, "the trusted agent ranks first and is woken");
+    assert_eq!(got[0]["id"], id);
+    assert!(plain.await.unwrap().is_empty(), "one task wakes one waiter");
+}
+
 async fn only_the_lease_holder_may_finish_and_finished_tasks_stay_finished(b: Backend) {
     let h = Harness::new(b).await;
     let (_, a) = worker(&h, "a").await;
@@ -409,6 +455,7 @@ crate::on_both_backends!(
     submission_is_routed_by_capability_and_checked_against_its_schema,
     leases_go_highest_priority_first_then_oldest,
     a_waiting_lease_wakes_when_a_task_arrives,
+    the_best_ranked_waiting_agent_is_woken_first,
     only_the_lease_holder_may_finish_and_finished_tasks_stay_finished,
     an_expired_lease_requeues_the_task_for_another_agent,
     failures_back_off_then_dead_letter_with_the_full_history,
