@@ -4,8 +4,8 @@
 //! that makes tasks ready says so ([`Dispatcher::ready`]) and the dispatcher wakes
 //! just enough waiters to take them — best ranked first — instead of every waiter
 //! re-reading the queue after every commit. A woken waiter leases at once; its
-//! lease runs in a later writer batch than the write that woke it, so it sees the
-//! tasks. Anything the dispatcher is not told about (a retry whose backoff ends, a
+//! lease runs after the write that woke it — later in the same writer batch, or
+//! in a later one — so it sees the tasks. Anything the dispatcher is not told about (a retry whose backoff ends, a
 //! steal delay that passes, a write on another replica) is found by each waiter's
 //! periodic re-check.
 //!
@@ -50,7 +50,7 @@ struct Waiter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     /// Tasks it can take were queued by a write still in the writer: lease now
-    /// (the lease runs in a later batch, after that write commits).
+    /// (the lease runs after that write, in its batch or a later one).
     Lease,
     /// Something changed that may or may not concern it: look at the queue.
     Check,

@@ -72,8 +72,8 @@ impl Handler for SubmitTask {
             .prepare_task(req, cx.principal.audit_name(), k.now_ms())
             .await?;
         let k2 = k.clone();
-        // Waiters are woken from inside the write: their leases join a later
-        // batch of the writer than this one, so they see the task once it commits.
+        // Waiters are woken from inside the write: their leases run after it in
+        // the writer (later in its batch or in a later one), so they see the task.
         Ok(Action::write(t.id().to_string(), move |c| {
             Box::pin(async move {
                 let out = task::insert(c, &t).await?;
