@@ -39,12 +39,13 @@ struct Metadata {
     name: String,
 }
 
-/// What a document becomes: the path to PUT (or DELETE) and the body.
+/// What a document becomes: the path to PUT, the body, and the path to DELETE.
 struct Resource {
     kind: &'static str,
     name: String,
     path: String,
     body: Value,
+    delete_path: String,
 }
 
 /// Reads a manifest; relative `workdir`s (and a missing one) resolve against its folder.
@@ -70,6 +71,7 @@ fn read_manifest(file: &Path) -> anyhow::Result<Vec<Resource>> {
             )
         })?;
         let mut body = d.spec;
+        let mut delete_path = None;
         let (kind, path) = match d.kind.as_str() {
             "Agent" => {
                 let workdir = match body.get("workdir").and_then(Value::as_str) {
@@ -79,7 +81,16 @@ fn read_manifest(file: &Path) -> anyhow::Result<Vec<Resource>> {
                 body.insert("workdir".into(), json!(workdir.display().to_string()));
                 ("Agent", format!("/v1/fleet/{}", d.metadata.name))
             }
-            "Supervision" => ("Supervision", format!("/v1/supervision/{}", d.metadata.name)),
+            "Supervision" => {
+                let path = format!("/v1/supervision/{}", d.metadata.name);
+                // A group's policy is removed by naming the group.
+                if let Some(group) = body.get("group").and_then(Value::as_str) {
+                    let mut url = reqwest::Url::parse("http://strata.invalid")?.join(&path)?;
+                    url.query_pairs_mut().append_pair("group", group);
+                    delete_path = Some(format!("{}?{}", url.path(), url.query().unwrap_or_default()));
+                }
+                ("Supervision", path)
+            }
             other => bail!(
                 "{}: document {}: kind '{other}' is not supported (Agent, Supervision)",
                 file.display(),
@@ -89,6 +100,7 @@ fn read_manifest(file: &Path) -> anyhow::Result<Vec<Resource>> {
         out.push(Resource {
             kind,
             name: d.metadata.name,
+            delete_path: delete_path.unwrap_or_else(|| path.clone()),
             path,
             body: Value::Object(body),
         });
@@ -131,7 +143,7 @@ pub(crate) async fn delete(
     let targets: Vec<(String, String)> = match (file, name) {
         (Some(f), _) => read_manifest(&f)?
             .into_iter()
-            .map(|r| (format!("{}/{}", r.kind.to_lowercase(), r.name), r.path))
+            .map(|r| (format!("{}/{}", r.kind.to_lowercase(), r.name), r.delete_path))
             .collect(),
         (None, Some(n)) => vec![(format!("agent/{n}"), format!("/v1/fleet/{n}"))],
         (None, None) => bail!("give -f FILE or a deployment name"),

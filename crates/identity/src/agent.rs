@@ -460,3 +460,42 @@ pub async fn declarers(conn: &mut sqlx::AnyConnection, name: &str) -> Result<Vec
         .map_err(db)?;
     rows.iter().map(|r| r.try_get(0).map_err(db)).collect()
 }
+
+/// The label that puts an agent in a group (supervision policies can target one).
+pub const GROUP_LABEL: &str = "strata.group";
+
+/// The group of agent `id` (its `strata.group` label), read on `conn` (inside the
+/// writer). Deleted agents keep theirs: a task that outlived its agent is still
+/// supervised as that agent's group's.
+pub async fn group_of(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT labels FROM id_agents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(db)?;
+    let Some(row) = row else { return Ok(None) };
+    let labels: String = row.try_get(0).map_err(db)?;
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&labels).map_err(|e| Error::internal(format!("agent row labels: {e}")))?;
+    Ok(labels.get(GROUP_LABEL).cloned())
+}
+
+/// The input schema of capability `name` as its newest live declarer declares it,
+/// read on `conn` (inside the writer); `None` when no live agent declares it.
+pub async fn input_schema_of(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+) -> Result<Option<serde_json::Value>> {
+    let row = sqlx::query(
+        "SELECT input_schema FROM id_capabilities WHERE name = $1 ORDER BY agent_id DESC LIMIT 1",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await
+    .map_err(db)?;
+    row.map(|r| {
+        let s: String = r.try_get(0).map_err(db)?;
+        serde_json::from_str(&s).map_err(|e| Error::internal(format!("capability schema: {e}")))
+    })
+    .transpose()
+}

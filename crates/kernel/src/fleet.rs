@@ -463,6 +463,10 @@ impl Kernel {
         let mut labels = spec.labels.clone();
         labels.insert("strata.fleet".into(), spec.name.clone());
         labels.insert("strata.replica".into(), i.to_string());
+        // A deployment is an agent group unless its labels name another.
+        labels
+            .entry(strata_identity::agent::GROUP_LABEL.into())
+            .or_insert_with(|| spec.name.clone());
         if let Some(existing) = self.identity().by_name(&name).await? {
             let same = serde_json::to_value(&existing.capabilities).ok()
                 == serde_json::to_value(&spec.capabilities).ok()

@@ -162,6 +162,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: READY_INDEX,
         postgres: READY_INDEX,
     },
+    Migration {
+        layer: "orchestrator",
+        version: 6,
+        name: "supervision per agent group",
+        sqlite: supervise::GROUPS_SCHEMA,
+        postgres: supervise::GROUPS_SCHEMA,
+    },
 ];
 
 /// Lets a lease read the ready tasks of a capability already in lease order and

@@ -1,8 +1,13 @@
 //! Supervision: what happens when a task dies, and how a person or a supervisor
 //! agent settles it.
 //!
-//! A policy per capability (or `*`, for every capability without its own) says
-//! what to do when a task's attempts are exhausted:
+//! A policy per capability (or `*`, for every capability without its own), and
+//! optionally per agent group, says what to do when a task's attempts are
+//! exhausted. An agent's group is its `strata.group` label (a managed agent's is
+//! its deployment's name unless its labels say otherwise). The policy that applies
+//! to a task is the first that exists of: its capability for the group of the
+//! agent that held it last, `*` for that group, its capability, `*`.
+//!
 //!
 //! - `dead_letter` (the default): the task stays `dead`, with its history.
 //! - `reassign`: the task is queued again with one more attempt, for any capable
@@ -24,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
 
-use crate::task::{NewTask, PreparedTask, TaskState, history, insert};
+use crate::task::{NewTask, PreparedTask, TaskState, history, insert, validate};
 use crate::{Orchestrator, db, retry::Backoff};
 
 /// What to do with a task whose attempts are exhausted.
@@ -47,6 +52,10 @@ pub enum OnDead {
 pub struct SetPolicy {
     /// The capability it governs, or `*` for every capability without its own.
     pub capability: String,
+    /// The agent group it governs (the `strata.group` label of the agent that held
+    /// the task last); absent: every agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// What to do when a task dies.
     pub on_dead: OnDead,
     /// The capability that reviews escalated tasks (for `escalate_to_agent`).
@@ -71,6 +80,21 @@ pub struct Supervised {
     /// The review task submitted, for `escalated_to_agent`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review_task: Option<String>,
+}
+
+impl SetPolicy {
+    /// How the policy is named in the audit log: `capability` or `capability@group`.
+    pub fn key(&self) -> String {
+        policy_key(&self.capability, self.group.as_deref())
+    }
+}
+
+/// `capability` or `capability@group`.
+pub fn policy_key(capability: &str, group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!("{capability}@{g}"),
+        None => capability.to_string(),
+    }
 }
 
 /// Whether an escalation still needs a decision.
@@ -100,6 +124,9 @@ pub struct Escalation {
     /// The task's last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<serde_json::Value>,
+    /// Why it went to people rather than to the policy's supervisor, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Open or resolved.
     pub state: EscalationState,
     /// The decision, once resolved: `{"action", "note", "by"}`.
@@ -164,6 +191,11 @@ impl SetPolicy {
         if self.capability.is_empty() || self.capability.len() > 64 {
             return Err(Error::invalid("capability", "must be 1 to 64 characters"));
         }
+        if let Some(g) = &self.group
+            && (g.is_empty() || g.len() > 64 || g.contains('@'))
+        {
+            return Err(Error::invalid("group", "must be 1 to 64 characters, without '@'"));
+        }
         if self.on_dead == OnDead::EscalateToAgent || self.then == Some(OnDead::EscalateToAgent) {
             match self.supervisor.as_deref() {
                 None | Some("") => {
@@ -194,7 +226,7 @@ impl SetPolicy {
 impl Orchestrator {
     /// Every supervision policy, by capability.
     pub async fn policies(&self) -> Result<Vec<SetPolicy>> {
-        let rows = sqlx::query("SELECT policy FROM orc_supervision ORDER BY capability")
+        let rows = sqlx::query("SELECT policy FROM orc_supervision ORDER BY capability, grp")
             .fetch_all(self.store.pool())
             .await
             .map_err(db)?;
@@ -242,14 +274,16 @@ fn parse_policy(s: String) -> Result<SetPolicy> {
     serde_json::from_str(&s).map_err(|e| Error::internal(format!("supervision policy: {e}")))
 }
 
-/// Stores a checked policy, replacing any for the same capability (inside the writer).
+/// Stores a checked policy, replacing any for the same capability and group
+/// (inside the writer).
 pub async fn set_policy(conn: &mut AnyConnection, p: &SetPolicy, now: i64) -> Result<()> {
     let json = serde_json::to_string(p).map_err(Error::internal)?;
     sqlx::query(
-        "INSERT INTO orc_supervision (capability, policy, updated_at) VALUES ($1, $2, $3)
-         ON CONFLICT (capability) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
+        "INSERT INTO orc_supervision (capability, grp, policy, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (capability, grp) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
     )
     .bind(&p.capability)
+    .bind(p.group.as_deref().unwrap_or(""))
     .bind(json)
     .bind(now)
     .execute(&mut *conn)
@@ -258,15 +292,20 @@ pub async fn set_policy(conn: &mut AnyConnection, p: &SetPolicy, now: i64) -> Re
     Ok(())
 }
 
-/// Removes the policy of `capability` (inside the writer).
-pub async fn delete_policy(conn: &mut AnyConnection, capability: &str) -> Result<()> {
-    let done = sqlx::query("DELETE FROM orc_supervision WHERE capability = $1")
+/// Removes the policy of `capability` for `group` (all agents when `None`),
+/// inside the writer.
+pub async fn delete_policy(conn: &mut AnyConnection, capability: &str, group: Option<&str>) -> Result<()> {
+    let done = sqlx::query("DELETE FROM orc_supervision WHERE capability = $1 AND grp = $2")
         .bind(capability)
+        .bind(group.unwrap_or(""))
         .execute(&mut *conn)
         .await
         .map_err(db)?;
     if done.rows_affected() == 0 {
-        return Err(Error::not_found("supervision policy", capability));
+        return Err(Error::not_found(
+            "supervision policy",
+            &policy_key(capability, group),
+        ));
     }
     Ok(())
 }
@@ -286,11 +325,18 @@ pub(crate) async fn after_death(
         .map_err(db)?;
     let capability: String = r.try_get(0).map_err(db)?;
     let reassigns: i64 = r.try_get(3).map_err(db)?;
+    let group = if last_agent.is_empty() {
+        None
+    } else {
+        strata_identity::agent::group_of(conn, last_agent).await?
+    };
+    // Group policies before capability-wide ones, exact capabilities before `*`.
     let policy = sqlx::query(
-        "SELECT policy FROM orc_supervision WHERE capability IN ($1, '*')
-         ORDER BY CASE WHEN capability = '*' THEN 1 ELSE 0 END LIMIT 1",
+        "SELECT policy FROM orc_supervision WHERE capability IN ($1, '*') AND grp IN ($2, '')
+         ORDER BY CASE WHEN grp = '' THEN 1 ELSE 0 END, CASE WHEN capability = '*' THEN 1 ELSE 0 END LIMIT 1",
     )
     .bind(&capability)
+    .bind(group.as_deref().unwrap_or(""))
     .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
@@ -326,7 +372,7 @@ pub(crate) async fn after_death(
         }
         action = policy.then.unwrap_or(OnDead::DeadLetter);
     }
-    let supervisor = match action {
+    let mut supervisor = match action {
         OnDead::DeadLetter | OnDead::Reassign => return Ok((TaskState::Dead, None)),
         OnDead::EscalateToHuman => None,
         // A dying review task goes to people, never to another review of itself.
@@ -334,7 +380,8 @@ pub(crate) async fn after_death(
     };
     let esc = Id::new("esc").to_string();
     let error: Option<String> = r.try_get(4).map_err(db)?;
-    let review_task = match &supervisor {
+    let mut reason = None;
+    let review_input = match &supervisor {
         None => None,
         Some(sup) => {
             let input = serde_json::json!({
@@ -349,6 +396,28 @@ pub(crate) async fn after_death(
                     "history": history(&mut *conn, id).await?,
                 },
             });
+            // The review task is checked like any submission; one its supervisor
+            // could not accept goes to people instead, saying why.
+            match strata_identity::agent::input_schema_of(conn, sup).await? {
+                Some(schema) => match validate(&schema, &input, ErrorCode::InvalidInput, "input") {
+                    Ok(()) => Some(input),
+                    Err(e) => {
+                        reason = Some(format!(
+                            "the review task does not match the input schema of '{sup}': {}",
+                            e.detail
+                        ));
+                        None
+                    }
+                },
+                None => Some(input),
+            }
+        }
+    };
+    if review_input.is_none() {
+        supervisor = None;
+    }
+    let review_task = match (&supervisor, review_input) {
+        (Some(sup), Some(input)) => {
             let review = PreparedTask::new(
                 NewTask {
                     capability: sup.clone(),
@@ -366,10 +435,11 @@ pub(crate) async fn after_death(
             );
             Some(insert(conn, &review).await?.id)
         }
+        _ => None,
     };
     sqlx::query(
-        "INSERT INTO orc_escalations (id, task_id, capability, assignee, review_task, error, state, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7)",
+        "INSERT INTO orc_escalations (id, task_id, capability, assignee, review_task, error, state, created_at, reason)
+         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8)",
     )
     .bind(&esc)
     .bind(id)
@@ -378,6 +448,7 @@ pub(crate) async fn after_death(
     .bind(&review_task)
     .bind(&error)
     .bind(now)
+    .bind(&reason)
     .execute(&mut *conn)
     .await
     .map_err(db)?;
@@ -483,8 +554,7 @@ pub async fn resolve(conn: &mut AnyConnection, r: &Resolve, by: &str, now: i64) 
     })
 }
 
-const ESC_COLUMNS: &str =
-    "id, task_id, capability, assignee, review_task, error, state, resolution, created_at, resolved_at";
+const ESC_COLUMNS: &str = "id, task_id, capability, assignee, review_task, error, state, resolution, created_at, resolved_at, reason";
 
 fn read_escalation(r: &sqlx::any::AnyRow) -> Result<Escalation> {
     let json = |i: usize| -> Result<Option<serde_json::Value>> {
@@ -508,6 +578,7 @@ fn read_escalation(r: &sqlx::any::AnyRow) -> Result<Escalation> {
         resolution: json(7)?,
         created_at: rfc3339(r.try_get(8).map_err(db)?),
         resolved_at: r.try_get::<Option<i64>, _>(9).map_err(db)?.map(rfc3339),
+        reason: r.try_get(10).map_err(db)?,
     })
 }
 
@@ -533,4 +604,21 @@ CREATE TABLE orc_escalations (
     resolved_at BIGINT
 );
 CREATE INDEX orc_escalations_state ON orc_escalations (state, id);
+";
+
+/// Policies per agent group: the policy key becomes (capability, group), `''`
+/// standing for every agent; escalations say why they skipped a supervisor.
+pub(crate) const GROUPS_SCHEMA: &str = "
+CREATE TABLE orc_supervision_new (
+    capability TEXT NOT NULL,
+    grp TEXT NOT NULL DEFAULT '',
+    policy TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (capability, grp)
+);
+INSERT INTO orc_supervision_new (capability, grp, policy, updated_at)
+    SELECT capability, '', policy, updated_at FROM orc_supervision;
+DROP TABLE orc_supervision;
+ALTER TABLE orc_supervision_new RENAME TO orc_supervision;
+ALTER TABLE orc_escalations ADD COLUMN reason TEXT;
 ";

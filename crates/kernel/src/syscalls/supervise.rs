@@ -39,7 +39,7 @@ impl Syscall for SetSupervision {
     type Response = SetPolicy;
     const SPEC: Spec = spec(
         "supervision.set",
-        "Set what happens when a task of a capability (or `*`) dies: dead_letter, reassign, escalate_to_agent or escalate_to_human.",
+        "Set what happens when a task of a capability (or `*`), optionally for one agent group, dies: dead_letter, reassign, escalate_to_agent or escalate_to_human.",
         "supervision",
         Effect::Store,
         Access::Admin,
@@ -52,7 +52,7 @@ impl Handler for SetSupervision {
     async fn handle(k: &Kernel, _cx: &Cx, req: SetPolicy) -> Result<Action<SetPolicy>> {
         req.check()?;
         let now = k.now_ms();
-        Ok(Action::write(req.capability.clone(), move |c| {
+        Ok(Action::write(req.key(), move |c| {
             Box::pin(async move {
                 supervise::set_policy(c, &req, now).await?;
                 Ok(req)
@@ -93,12 +93,15 @@ impl Handler for ListSupervision {
     }
 }
 
-/// A policy named by its capability (from the path).
+/// A policy named by its capability (from the path) and group.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ByCapability {
     /// The capability, or `*`.
     pub capability: String,
+    /// The agent group whose policy to remove; absent: the policy for every agent.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// `supervision.delete`
@@ -109,7 +112,7 @@ impl Syscall for DeleteSupervision {
     type Response = Removed;
     const SPEC: Spec = spec(
         "supervision.delete",
-        "Remove a capability's supervision policy: its dead tasks stay dead (or follow `*`).",
+        "Remove a capability's supervision policy (for every agent, or for `group`): its dead tasks follow the next policy that applies, or stay dead.",
         "supervision",
         Effect::Store,
         Access::Admin,
@@ -120,11 +123,12 @@ impl Syscall for DeleteSupervision {
 
 impl Handler for DeleteSupervision {
     async fn handle(_k: &Kernel, _cx: &Cx, req: ByCapability) -> Result<Action<Removed>> {
-        Ok(Action::write(req.capability.clone(), move |c| {
+        let key = supervise::policy_key(&req.capability, req.group.as_deref());
+        Ok(Action::write(key.clone(), move |c| {
             Box::pin(async move {
-                supervise::delete_policy(c, &req.capability).await?;
+                supervise::delete_policy(c, &req.capability, req.group.as_deref()).await?;
                 Ok(Removed {
-                    id: req.capability,
+                    id: key,
                     removed: true,
                 })
             })

@@ -672,6 +672,129 @@ async fn supervision_steps_are_audited_as_system_and_the_chain_verifies(b: Backe
     assert_eq!(h.verify().await["ok"], true);
 }
 
+/// An agent with `labels`, declaring `summarize`; returns its token.
+async fn labelled_agent(h: &Harness, name: &str, labels: Value) -> String {
+    h.call(
+        &h.admin,
+        "agent.create",
+        json!({"name": name, "capabilities": [summarize()], "labels": labels}),
+    )
+    .await
+    .unwrap()
+    .body["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn a_group_policy_governs_its_agents_tasks_before_the_capability_policy(b: Backend) {
+    let h = Harness::new(b).await;
+    let blue = labelled_agent(&h, "blue", json!({"strata.group": "blue"})).await;
+    let plain = labelled_agent(&h, "plain", json!({})).await;
+    set_policy(&h, json!({"capability": "summarize", "on_dead": "dead_letter"})).await;
+    set_policy(
+        &h,
+        json!({"capability": "*", "group": "blue", "on_dead": "escalate_to_human"}),
+    )
+    .await;
+
+    // The group's wildcard beats the capability's policy for every agent...
+    let id = submit(&h, 1).await;
+    let out = lease_and_fail(&h, &blue, &id, json!("boom")).await;
+    assert_eq!(out["supervision"]["action"], "escalated_to_human", "{out}");
+    // ...but only for the group's agents.
+    let id = submit(&h, 1).await;
+    let out = lease_and_fail(&h, &plain, &id, json!("boom")).await;
+    assert_eq!(out, json!({"id": id, "state": "dead"}));
+
+    // Within the group, the exact capability beats the wildcard.
+    set_policy(
+        &h,
+        json!({"capability": "summarize", "group": "blue", "on_dead": "dead_letter"}),
+    )
+    .await;
+    let policies = h
+        .call(&h.admin, "supervision.list", json!({}))
+        .await
+        .unwrap()
+        .body["items"]
+        .clone();
+    assert_eq!(policies.as_array().unwrap().len(), 3, "{policies}");
+    let id = submit(&h, 1).await;
+    let out = lease_and_fail(&h, &blue, &id, json!("boom")).await;
+    assert_eq!(out["state"], "dead", "{out}");
+
+    // Removing the group's policy removes only that one.
+    let removed = h
+        .call(
+            &h.admin,
+            "supervision.delete",
+            json!({"capability": "summarize", "group": "blue"}),
+        )
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(removed["id"], "summarize@blue");
+    let id = submit(&h, 1).await;
+    let out = lease_and_fail(&h, &blue, &id, json!("boom")).await;
+    assert_eq!(out["supervision"]["action"], "escalated_to_human", "{out}");
+    let err = h
+        .call(
+            &h.admin,
+            "supervision.delete",
+            json!({"capability": "summarize", "group": "blue"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    let err = h
+        .call(
+            &h.admin,
+            "supervision.set",
+            json!({"capability": "summarize", "group": "", "on_dead": "dead_letter"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidRequest);
+}
+
+async fn a_review_task_its_supervisor_cannot_accept_goes_to_people_with_the_reason(b: Backend) {
+    let h = Harness::new(b).await;
+    let (_, a) = agent(&h, "a", &["summarize"]).await;
+    // The supervisor wants a `ticket` the review input does not carry.
+    h.call(
+        &h.admin,
+        "agent.create",
+        json!({"name": "reviewer", "capabilities": [{"name": "review",
+            "input_schema": {"type": "object", "required": ["ticket"]}}]}),
+    )
+    .await
+    .unwrap();
+    set_policy(
+        &h,
+        json!({"capability": "summarize", "on_dead": "escalate_to_agent", "supervisor": "review"}),
+    )
+    .await;
+    let id = submit(&h, 1).await;
+    let out = lease_and_fail(&h, &a, &id, json!("boom")).await;
+    assert_eq!(out["state"], "escalated");
+    assert_eq!(out["supervision"]["action"], "escalated_to_human", "{out}");
+    assert!(out["supervision"].get("review_task").is_none(), "{out}");
+    let esc = escalation(&h, out["supervision"]["escalation"].as_str().unwrap()).await;
+    assert_eq!(esc["assignee"], "human");
+    let reason = esc["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("input schema of 'review'") && reason.contains("ticket"),
+        "{esc}"
+    );
+    let reviews = h
+        .call(&h.admin, "task.list", json!({"capability": "review"}))
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(reviews["items"], json!([]), "a review task was submitted anyway");
+}
+
 crate::on_both_backends!(
     without_a_policy_a_task_whose_attempts_run_out_is_dead,
     reassign_queues_the_task_again_for_another_capable_agent,
@@ -687,6 +810,8 @@ crate::on_both_backends!(
     an_expired_lease_on_the_last_attempt_is_supervised_by_the_sweeper,
     supervision_steps_are_audited_as_system_and_the_chain_verifies,
     reassign_hands_a_pinned_task_to_another_capable_agent,
+    a_group_policy_governs_its_agents_tasks_before_the_capability_policy,
+    a_review_task_its_supervisor_cannot_accept_goes_to_people_with_the_reason,
 );
 
 async fn reassign_hands_a_pinned_task_to_another_capable_agent(b: Backend) {
