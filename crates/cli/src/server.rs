@@ -28,8 +28,8 @@ pub(crate) struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub(crate) log_json: bool,
-    /// Do not run managed agents here (with several replicas on PostgreSQL, run
-    /// the reconciler on exactly one).
+    /// Never run managed agents here. Without it, of several replicas sharing a
+    /// PostgreSQL the one holding the reconciler's leadership runs them.
     #[arg(long, env = "STRATA_NO_RECONCILER")]
     pub(crate) no_reconciler: bool,
 }

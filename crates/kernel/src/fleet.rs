@@ -19,8 +19,11 @@
 //!
 //! Processes run in their own process group and, where `setpriv` exists, die
 //! with the server. Each replica's last 500 output lines are kept for
-//! `strata logs`. State is per server: on PostgreSQL run the reconciler on one
-//! replica only.
+//! `strata logs`. State is per server. Of several servers sharing one
+//! PostgreSQL, only the one holding the `reconciler` leadership
+//! (`orchestrator::leader`, renewed every tick, 5 s claims) runs processes; a
+//! server that cannot renew its claim in time stops its replicas, and another
+//! takes over once the claim expires.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -40,6 +43,9 @@ use tokio::sync::Notify;
 use crate::Kernel;
 
 const TICK: Duration = Duration::from_millis(500);
+/// How long a claim to run the reconciler lasts; the leader renews it every tick.
+const LEAD_FOR_MS: i64 = 5_000;
+const LEAD_ROLE: &str = "reconciler";
 const LOG_LINES: usize = 500;
 const BACKOFF_MAX_MS: i64 = 30_000;
 const STABLE_AFTER_MS: i64 = 10_000;
@@ -57,6 +63,7 @@ struct Shared {
     state: Mutex<HashMap<String, Deploy>>,
     wake: Notify,
     running: std::sync::atomic::AtomicBool,
+    leading: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -225,9 +232,14 @@ impl Fleet {
         self.inner.running.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The observed state of deployment `name`, if the reconciler runs.
+    /// Whether this server's reconciler leads (runs the managed agents).
+    pub fn is_leading(&self) -> bool {
+        self.inner.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The observed state of deployment `name`, if this server's reconciler leads.
     pub fn status(&self, k: &Kernel, name: &str) -> Option<DeploymentStatus> {
-        if !self.is_running() {
+        if !self.is_leading() {
             return None;
         }
         let presence = k.orchestrator().presence();
@@ -311,17 +323,90 @@ impl Kernel {
             .running
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
+            let holder = strata_core::Id::new("srv").to_string();
+            // Until when this server may act on its last successful claim: a
+            // margin short of the claim's expiry, by this server's own clock.
+            let mut lead_until: Option<std::time::Instant> = None;
             while k.fleet().is_running() {
-                if let Err(e) = k.reconcile(&url).await {
-                    if e.code == strata_core::ErrorCode::Unavailable {
-                        break;
+                let asked = std::time::Instant::now();
+                match k.claim_lead(&holder).await {
+                    Ok(true) => {
+                        let margin =
+                            Duration::from_millis(LEAD_FOR_MS.unsigned_abs()).saturating_sub(TICK * 4);
+                        lead_until = Some(asked + margin);
                     }
-                    tracing::warn!(error = %e, "reconcile failed");
+                    Ok(false) => lead_until = None,
+                    Err(e) if e.code == strata_core::ErrorCode::Unavailable => break,
+                    // Keep acting on the last claim while it lasts.
+                    Err(e) => tracing::warn!(error = %e, "renewing the reconciler's leadership failed"),
+                }
+                let leading = lead_until.is_some_and(|t| std::time::Instant::now() < t);
+                let was = k
+                    .fleet()
+                    .inner
+                    .leading
+                    .swap(leading, std::sync::atomic::Ordering::Relaxed);
+                if leading {
+                    if !was {
+                        tracing::info!(server = %holder, "this server now runs the managed agents");
+                    }
+                    if let Err(e) = k.reconcile(&url).await {
+                        if e.code == strata_core::ErrorCode::Unavailable {
+                            break;
+                        }
+                        tracing::warn!(error = %e, "reconcile failed");
+                    }
+                } else if was {
+                    tracing::warn!(server = %holder, "lost the reconciler's leadership; stopping managed agents");
+                    k.stop_all().await;
                 }
                 let _ = tokio::time::timeout(TICK, k.fleet().inner.wake.notified()).await;
             }
+            k.fleet()
+                .inner
+                .leading
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             k.stop_all().await;
+            if let Err(e) = k.release_lead(&holder).await {
+                tracing::warn!(error = %e, "could not give up the reconciler's leadership");
+            }
         })
+    }
+
+    /// Claims or renews the reconciler's leadership for `holder`; publishes a
+    /// change of hands as the event `fleet.lead`.
+    async fn claim_lead(&self, holder: &str) -> Result<bool> {
+        let now = self.now_ms();
+        let holder = holder.to_string();
+        self.store()
+            .write(move |c| {
+                Box::pin(async move {
+                    let claim =
+                        strata_orchestrator::leader::claim(c, LEAD_ROLE, &holder, now, LEAD_FOR_MS).await?;
+                    let leads = claim.holder == holder;
+                    if leads && claim.since == now {
+                        strata_store::event::append(
+                            c,
+                            now,
+                            "fleet.lead",
+                            &holder,
+                            &json!({"role": LEAD_ROLE}),
+                        )
+                        .await?;
+                    }
+                    Ok(leads)
+                })
+            })
+            .await
+    }
+
+    async fn release_lead(&self, holder: &str) -> Result<()> {
+        let holder = holder.to_string();
+        self.store()
+            .write(move |c| {
+                Box::pin(async move { strata_orchestrator::leader::release(c, LEAD_ROLE, &holder).await })
+            })
+            .await
     }
 
     async fn reconcile(&self, url: &str) -> Result<()> {

@@ -9,6 +9,7 @@ mod suite {
     pub(crate) mod harness;
     mod identity;
     mod integrity;
+    mod leader;
     mod store;
     mod supervision;
     mod tasks;

@@ -8,6 +8,7 @@
 //! - [`discovery`]: capable agents ranked by success rate, load and trust.
 //! - [`dispatch`]: waiting leases, woken best-ranked first when work arrives.
 //! - [`fleet`]: the desired state of managed agents (the kernel reconciles it).
+//! - [`leader`]: which server of several runs a once-per-cluster loop.
 //! - [`presence`]: when each agent last called, for health and liveness.
 //! - [`breaker`]: an agent whose attempts keep failing gets no tasks for a while.
 //! - [`supervise`]: what happens when a task dies — reassignment, or an
@@ -23,6 +24,7 @@ pub mod breaker;
 pub mod discovery;
 pub mod dispatch;
 pub mod fleet;
+pub mod leader;
 pub mod lease;
 pub mod presence;
 pub mod retry;
@@ -168,6 +170,13 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "supervision per agent group",
         sqlite: supervise::GROUPS_SCHEMA,
         postgres: supervise::GROUPS_SCHEMA,
+    },
+    Migration {
+        layer: "orchestrator",
+        version: 7,
+        name: "leaders",
+        sqlite: leader::SCHEMA,
+        postgres: leader::SCHEMA,
     },
 ];
 
