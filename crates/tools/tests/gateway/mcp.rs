@@ -189,7 +189,27 @@ async fn an_upstream_that_cannot_start_is_refused_at_registration(b: Backend) {
     assert!(g.tools.list_connections().is_empty());
 }
 
+async fn a_tools_list_changed_notification_resyncs_the_catalog(b: Backend) {
+    let g = Gateway::new(b).await;
+    let spec = json!({"name": "h", "upstream": {"kind": "mcp_stdio", "command": "python3",
+        "args": [super::harness::script("hostile_mcp.py")]}});
+    g.connect(spec).await;
+    assert!(g.tools.get_tool(&Caller::Operator, "h.extra").is_err());
+    g.call(&Caller::Operator, "h.grow", json!({})).await.unwrap();
+    for _ in 0..100 {
+        if g.tools.get_tool(&Caller::Operator, "h.extra").is_ok() {
+            let out = g.call(&Caller::Operator, "h.extra", json!({})).await.unwrap();
+            assert!(!out.is_error);
+            g.tools.shutdown().await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the new tool never appeared in the catalog");
+}
+
 on_both_backends!(
+    a_tools_list_changed_notification_resyncs_the_catalog,
     stdio_server_tools_are_namespaced_listed_and_called,
     a_sync_on_demand_reports_no_change_for_an_unchanged_server,
     filesystem_server_reads_only_inside_its_root,

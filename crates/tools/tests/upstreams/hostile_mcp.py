@@ -4,7 +4,7 @@
 Its tools misbehave on purpose: `huge` answers with megabytes on one line,
 `garbage` answers with a result of the wrong shape, `notjson` writes a line
 that is not JSON, `echo_env` answers with the value of $TOKEN, and `count`
-behaves. Each tools/call appends a line to $COUNT_FILE (when set), so a test
+behaves, and `grow` adds a tool and announces `tools/list_changed`. Each tools/call appends a line to $COUNT_FILE (when set), so a test
 can tell whether a call reached the upstream at all.
 """
 import json
@@ -19,6 +19,7 @@ TOOLS = [{"name": n, "description": d, "inputSchema": SCHEMA} for n, d in [
     ("echo_env", "answers with the TOKEN environment variable"),
     ("fail_env", "fails with an error message holding the TOKEN environment variable"),
     ("count", "answers with how many calls it has seen"),
+    ("grow", "adds the tool `extra` and announces tools/list_changed"),
 ]]
 calls = 0
 
@@ -39,7 +40,7 @@ for line in sys.stdin:
     if method == "initialize":
         version = msg.get("params", {}).get("protocolVersion", "2025-06-18")
         send({"jsonrpc": "2.0", "id": mid, "result": {
-            "protocolVersion": version, "capabilities": {"tools": {}},
+            "protocolVersion": version, "capabilities": {"tools": {"listChanged": True}},
             "serverInfo": {"name": "hostile", "version": "1"}}})
     elif method == "tools/list":
         send({"jsonrpc": "2.0", "id": mid, "result": {"tools": TOOLS}})
@@ -59,6 +60,10 @@ for line in sys.stdin:
         elif name == "echo_env":
             token = os.environ.get("TOKEN", "")
             send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": "token=" + token}]}})
+        elif name == "grow":
+            TOOLS.append({"name": "extra", "description": "appeared later", "inputSchema": SCHEMA})
+            send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": "grown"}]}})
+            send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
         elif name == "fail_env":
             token = os.environ.get("TOKEN", "")
             send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32000, "message": "failed with token " + token}})
