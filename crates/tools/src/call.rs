@@ -419,6 +419,7 @@ impl Tools {
             }
             Upstream::Openapi { .. } => {
                 let op = crate::openapi::binding(&entry.binding)?;
+                crate::openapi::check_arguments(&op, args)?;
                 let values = self.secret_values(conn, scrub).await?;
                 let render =
                     |items: &crate::openapi::Templates| -> strata_core::Result<Vec<(String, Rendered)>> {

@@ -356,6 +356,27 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// Refuses arguments that would change which resource a call reaches: a path
+/// parameter of `.` or `..` (a URL parser resolves it as a dot segment, even
+/// percent-encoded).
+pub(crate) fn check_arguments(op: &Operation, args: &Map<String, Value>) -> Result<()> {
+    for p in op.params.iter().filter(|p| p.location == In::Path) {
+        if let Some(v) = args.get(&p.name) {
+            let s = scalar(v);
+            if s == "." || s == ".." || s.is_empty() {
+                return Err(Error::new(
+                    ErrorCode::InvalidArguments,
+                    format!(
+                        "arguments/{}: a path parameter may not be empty, '.' or '..'",
+                        p.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What one call needs besides its arguments.
 pub(crate) struct Request<'a> {
     pub(crate) base_url: &'a str,
@@ -546,6 +567,28 @@ mod tests {
         assert_eq!(operations(&d, "http://x").unwrap().len(), 1);
         assert!(parse_document(&json!({"swagger": "2.0"})).is_err());
         assert!(parse_document(&json!("not: [valid")).is_err());
+    }
+
+    #[test]
+    fn dot_segments_in_path_parameters_are_refused() {
+        let op = Operation {
+            method: "GET".into(),
+            path: "/items/{id}".into(),
+            params: vec![Param {
+                name: "id".into(),
+                location: In::Path,
+            }],
+            body: None,
+            base_url: "http://x".into(),
+        };
+        for bad in ["..", ".", ""] {
+            let args = json!({"id": bad});
+            assert!(
+                check_arguments(&op, args.as_object().unwrap()).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(check_arguments(&op, json!({"id": "a..b"}).as_object().unwrap()).is_ok());
     }
 
     #[test]

@@ -92,6 +92,29 @@ async fn a_secret_in_headers_and_query_never_comes_back_even_when_echoed(b: Back
     assert_never_leaked(&g, &secret, &returned).await;
 }
 
+async fn an_agent_cannot_pull_a_secret_in_through_its_arguments(b: Backend) {
+    let g = Gateway::new(b).await;
+    let secret = unique("arg-secret");
+    g.secret("TOKEN", &secret).await;
+    g.connect(everything("ev", json!({"T": {"secret": "TOKEN"}})))
+        .await;
+    let (id, me) = agent();
+    g.grant(&id, "ev.echo").await;
+    for attempt in [json!("${secret:TOKEN}"), json!({"secret": "TOKEN"})] {
+        let out = g
+            .call(&me, "ev.echo", json!({"message": attempt.to_string()}))
+            .await
+            .unwrap();
+        let text = out.result.to_string();
+        assert!(
+            text.contains("TOKEN"),
+            "the reference came back literally: {text}"
+        );
+        assert!(!text.contains(&secret));
+    }
+    g.tools.shutdown().await;
+}
+
 async fn a_secret_never_appears_in_errors_from_a_failing_upstream(b: Backend) {
     let g = Gateway::new(b).await;
     let secret = unique("err-secret");
@@ -283,6 +306,7 @@ on_both_backends!(
     a_secret_in_an_upstreams_environment_never_comes_back,
     a_secret_in_headers_and_query_never_comes_back_even_when_echoed,
     a_secret_never_appears_in_errors_from_a_failing_upstream,
+    an_agent_cannot_pull_a_secret_in_through_its_arguments,
     an_agent_without_a_grant_can_neither_list_nor_call,
     schema_violating_arguments_never_reach_the_upstream,
     a_hostile_mcp_upstream_is_cut_off_with_a_clear_error,
