@@ -315,7 +315,10 @@ impl Tools {
             )
             .into());
         };
-        if let Some(e) = validator.iter_errors(args).next() {
+        // `is_valid` stops at the first failure without building errors: the common case is fast.
+        if !validator.is_valid(args)
+            && let Some(e) = validator.iter_errors(args).next()
+        {
             let path = e.instance_path().to_string();
             return Err(Error::new(ErrorCode::InvalidArguments, format!("arguments{path}: {e}")).into());
         }
