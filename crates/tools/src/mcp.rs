@@ -284,6 +284,21 @@ impl Session {
             rmcp::ServiceError::UnexpectedResponse => {
                 Fault::Malformed("the upstream answered with an unexpected kind of result".into())
             }
+            rmcp::ServiceError::TransportSend(e) => {
+                // The HTTP transport's own size limits surface as a transport error.
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                if text.contains("exceeded the maximum size") || text.contains("too large") {
+                    Fault::TooLarge(self.max_bytes)
+                } else {
+                    Fault::Unreachable(text)
+                }
+            }
             other => Fault::Unreachable(other.to_string()),
         }
     }

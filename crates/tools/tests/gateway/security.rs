@@ -287,6 +287,50 @@ async fn a_hostile_mcp_upstream_is_cut_off_with_a_clear_error(b: Backend) {
     g.tools.shutdown().await;
 }
 
+/// A streamable-HTTP MCP server whose tools/call answers with `size` bytes of JSON.
+async fn hostile_http_mcp(size: usize) -> String {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |axum::Json(msg): axum::Json<Value>| async move {
+            let id = msg.get("id").cloned();
+            let method = msg["method"].as_str().unwrap_or("").to_string();
+            let Some(id) = id else {
+                return axum::http::StatusCode::ACCEPTED.into_response();
+            };
+            let result = match method.as_str() {
+                "initialize" => {
+                    json!({"protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}},
+                                        "serverInfo": {"name": "hostile-http", "version": "1"}})
+                }
+                "tools/list" => json!({"tools": [{"name": "huge", "inputSchema": {"type": "object"}}]}),
+                "tools/call" => json!({"content": [{"type": "text", "text": "y".repeat(size)}]}),
+                _ => {
+                    return axum::Json(
+                        json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "no"}}),
+                    )
+                    .into_response();
+                }
+            };
+            axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+async fn a_hostile_http_mcp_upstream_is_cut_off_with_a_clear_error(b: Backend) {
+    let g = Gateway::with(b, |c| c.max_response_bytes = 256 * 1024).await;
+    let url = hostile_http_mcp(4 * 1024 * 1024).await;
+    g.connect(json!({"name": "hh", "upstream": {"kind": "mcp_http", "url": url}}))
+        .await;
+    let e = g.call(&Caller::Operator, "hh.huge", json!({})).await.unwrap_err();
+    assert_eq!(e.error.code, ErrorCode::UpstreamTooLarge, "{e}");
+    g.tools.shutdown().await;
+}
+
 async fn a_hostile_openapi_upstream_is_cut_off_with_a_clear_error(b: Backend) {
     let g = Gateway::with(b, |c| c.max_response_bytes = 1024 * 1024).await;
     g.secret("API_KEY", "k-123456").await;
@@ -311,4 +355,5 @@ on_both_backends!(
     schema_violating_arguments_never_reach_the_upstream,
     a_hostile_mcp_upstream_is_cut_off_with_a_clear_error,
     a_hostile_openapi_upstream_is_cut_off_with_a_clear_error,
+    a_hostile_http_mcp_upstream_is_cut_off_with_a_clear_error,
 );
