@@ -331,6 +331,30 @@ async fn a_hostile_http_mcp_upstream_is_cut_off_with_a_clear_error(b: Backend) {
     g.tools.shutdown().await;
 }
 
+async fn a_stalling_mcp_upstream_times_out_and_is_not_retried(b: Backend) {
+    let g = Gateway::new(b).await;
+    let count_file = tempfile::NamedTempFile::new().unwrap();
+    let mut spec = hostile(
+        "h",
+        json!({"COUNT_FILE": count_file.path().display().to_string()}),
+    );
+    spec["timeout_ms"] = json!(300);
+    g.connect(spec).await;
+    let started = std::time::Instant::now();
+    let e = g.call(&Caller::Operator, "h.stall", json!({})).await.unwrap_err();
+    assert_eq!(e.error.code, ErrorCode::UpstreamTimeout, "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(2000));
+    assert_eq!(
+        std::fs::read_to_string(count_file.path())
+            .unwrap()
+            .lines()
+            .count(),
+        1,
+        "a tool not marked idempotent is tried once"
+    );
+    g.tools.shutdown().await;
+}
+
 async fn a_hostile_openapi_upstream_is_cut_off_with_a_clear_error(b: Backend) {
     let g = Gateway::with(b, |c| c.max_response_bytes = 1024 * 1024).await;
     g.secret("API_KEY", "k-123456").await;
@@ -356,4 +380,5 @@ on_both_backends!(
     a_hostile_mcp_upstream_is_cut_off_with_a_clear_error,
     a_hostile_openapi_upstream_is_cut_off_with_a_clear_error,
     a_hostile_http_mcp_upstream_is_cut_off_with_a_clear_error,
+    a_stalling_mcp_upstream_times_out_and_is_not_retried,
 );

@@ -4,12 +4,13 @@
 Its tools misbehave on purpose: `huge` answers with megabytes on one line,
 `garbage` answers with a result of the wrong shape, `notjson` writes a line
 that is not JSON, `echo_env` answers with the value of $TOKEN, and `count`
-behaves, and `grow` adds a tool and announces `tools/list_changed`. Each tools/call appends a line to $COUNT_FILE (when set), so a test
+behaves, `stall` answers late, and `grow` adds a tool and announces `tools/list_changed`. Each tools/call appends a line to $COUNT_FILE (when set), so a test
 can tell whether a call reached the upstream at all.
 """
 import json
 import os
 import sys
+import time
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "additionalProperties": False}
 TOOLS = [{"name": n, "description": d, "inputSchema": SCHEMA} for n, d in [
@@ -20,6 +21,7 @@ TOOLS = [{"name": n, "description": d, "inputSchema": SCHEMA} for n, d in [
     ("fail_env", "fails with an error message holding the TOKEN environment variable"),
     ("count", "answers with how many calls it has seen"),
     ("grow", "adds the tool `extra` and announces tools/list_changed"),
+    ("stall", "answers after three seconds"),
 ]]
 calls = 0
 
@@ -60,6 +62,9 @@ for line in sys.stdin:
         elif name == "echo_env":
             token = os.environ.get("TOKEN", "")
             send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": "token=" + token}]}})
+        elif name == "stall":
+            time.sleep(3)
+            send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": "late"}]}})
         elif name == "grow":
             TOOLS.append({"name": "extra", "description": "appeared later", "inputSchema": SCHEMA})
             send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": "grown"}]}})
