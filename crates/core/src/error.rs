@@ -58,6 +58,18 @@ codes! {
     PayloadTooLarge = "payload_too_large", 413, "The request body exceeds the configured limit.";
     UnsupportedMediaType = "unsupported_media_type", 415, "The request body must be application/json.";
     NoCapableAgent = "no_capable_agent", 422, "No live agent declares the capability (submit with allow_unroutable to queue anyway).";
+    // Tools layer (L4): the gateway's vault, connections and calls.
+    InvalidArguments = "invalid_arguments", 400, "A tool call's arguments do not match the tool's input schema.";
+    InvalidConnection = "invalid_connection", 400, "A connection's definition (command, URL, OpenAPI document, secret reference) is not usable.";
+    UnknownSecret = "unknown_secret", 422, "A connection references a secret the vault does not hold.";
+    SecretInUse = "secret_in_use", 409, "The secret is referenced by a connection; remove or change the connection first.";
+    RateLimited = "rate_limited", 429, "Too many tool calls; retry after the time the error gives.";
+    UpstreamFailed = "upstream_failed", 502, "The tool's upstream could not be reached or failed.";
+    UpstreamRejected = "upstream_rejected", 502, "The tool's upstream refused the call with a protocol error.";
+    UpstreamMalformed = "upstream_malformed", 502, "The tool's upstream answered with a malformed response.";
+    UpstreamTooLarge = "upstream_too_large", 502, "The tool's upstream answered with more bytes than the gateway accepts.";
+    CircuitOpen = "circuit_open", 503, "The connection's circuit breaker is open after repeated failures; retry later.";
+    UpstreamTimeout = "upstream_timeout", 504, "The tool's upstream did not answer in time.";
     Unavailable = "unavailable", 503, "The store is unreachable or the server is shutting down.";
     Internal = "internal", 500, "An unexpected error; the server log has details.";
 }
