@@ -454,9 +454,26 @@ async fn every_documented_code_has_a_test_here() {
         "escalation_resolved",
     ];
     let untestable = ["conflict", "unavailable", "internal"];
+    // Codes of layers not yet served over HTTP, tested against the layer itself
+    // (crates/tools/tests) until their routes land; then they move up.
+    let layer_only = [
+        "invalid_arguments",
+        "invalid_connection",
+        "unknown_secret",
+        "secret_in_use",
+        "rate_limited",
+        "upstream_failed",
+        "upstream_rejected",
+        "upstream_malformed",
+        "upstream_too_large",
+        "circuit_open",
+        "upstream_timeout",
+    ];
     for c in strata_core::ErrorCode::ALL {
         assert!(
-            tested.contains(&c.as_str()) || untestable.contains(&c.as_str()),
+            tested.contains(&c.as_str())
+                || untestable.contains(&c.as_str())
+                || layer_only.contains(&c.as_str()),
             "code {} has no HTTP test",
             c.as_str()
         );
