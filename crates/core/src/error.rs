@@ -58,6 +58,17 @@ codes! {
     PayloadTooLarge = "payload_too_large", 413, "The request body exceeds the configured limit.";
     UnsupportedMediaType = "unsupported_media_type", 415, "The request body must be application/json.";
     NoCapableAgent = "no_capable_agent", 422, "No live agent declares the capability (submit with allow_unroutable to queue anyway).";
+    // --- compute layer (sandboxes) ---
+    InvalidLimits = "invalid_limits", 400, "A sandbox limit is zero where it must not be, or above the allowed maximum.";
+    InvalidCommand = "invalid_command", 400, "The sandbox command is empty or malformed.";
+    InvalidPath = "invalid_path", 400, "A workspace path is absolute, contains '..', or goes through a symlink.";
+    FileTooLarge = "file_too_large", 413, "A file is larger than a sandbox accepts.";
+    WorkspaceFull = "workspace_full", 507, "The sandbox workspace has no room left (its quota is reached).";
+    NetworkNotGranted = "network_not_granted", 403, "The sandbox asked for host-egress network, which the caller was not granted.";
+    SandboxStopped = "sandbox_stopped", 409, "The sandbox is stopped; start it first.";
+    UnknownTemplate = "unknown_template", 404, "No sandbox template has this name.";
+    SandboxUnavailable = "sandbox_unavailable", 503, "Sandboxes cannot be started on this host (namespaces, cgroups or the init program are missing).";
+    // --- end compute layer ---
     Unavailable = "unavailable", 503, "The store is unreachable or the server is shutting down.";
     Internal = "internal", 500, "An unexpected error; the server log has details.";
 }

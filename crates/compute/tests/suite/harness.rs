@@ -1,0 +1,84 @@
+//! A compute service per test, on a fresh database and its own cgroups.
+
+use std::sync::Arc;
+
+use strata_compute::{Caller, Compute, Config, RunOutcome, RunRequest};
+use strata_core::{ManualClock, SystemClock};
+use strata_store::{Backend, Options, Store};
+
+pub(crate) struct Env {
+    pub compute: Compute,
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+    pub cgroup_name: String,
+    pub clock: Option<Arc<ManualClock>>,
+}
+
+pub(crate) fn config(dir: &std::path::Path, cgroup_name: &str) -> Config {
+    let mut c = Config::new(dir.join("data"), env!("CARGO_BIN_EXE_strata-sandbox-init"));
+    c.cgroup_name = cgroup_name.to_string();
+    c
+}
+
+pub(crate) async fn env_on(backend: Backend, manual_clock: bool) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let url = strata_store::testing::fresh_url(backend, dir.path())
+        .await
+        .unwrap();
+    let store = Store::open(Options::new(url), &[strata_compute::MIGRATIONS])
+        .await
+        .unwrap();
+    let cgroup_name = format!("strata-test-{}", ulid_like());
+    let clock = manual_clock.then(|| Arc::new(ManualClock::new(1_700_000_000_000)));
+    let c: Arc<dyn strata_core::Clock> = match &clock {
+        Some(m) => m.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let compute = Compute::open(store.clone(), config(dir.path(), &cgroup_name), c)
+        .await
+        .unwrap();
+    Env {
+        compute,
+        store,
+        dir,
+        cgroup_name,
+        clock,
+    }
+}
+
+pub(crate) async fn env() -> Env {
+    env_on(Backend::Sqlite, false).await
+}
+
+fn ulid_like() -> String {
+    strata_core::Id::new("t").to_string().replace("t_", "")
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // The service's parent groups (children are removed by the service).
+        for ctrl in ["memory", "pids", "cpu", "cpuacct", "unified"] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctrl}/{}", self.cgroup_name));
+        }
+    }
+}
+
+pub(crate) fn cmd(args: &[&str]) -> RunRequest {
+    RunRequest {
+        command: args.iter().map(|s| s.to_string()).collect(),
+        timeout_ms: Some(20_000),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn sh(script: &str) -> RunRequest {
+    cmd(&["sh", "-c", script])
+}
+
+pub(crate) fn py(code: &str) -> RunRequest {
+    cmd(&["python3", "-c", code])
+}
+
+pub(crate) async fn run(env: &Env, req: RunRequest) -> RunOutcome {
+    env.compute.run(req, &Caller::default()).await.unwrap()
+}
