@@ -610,7 +610,8 @@ impl Compute {
         )
         .await;
         let measured = Measured {
-            oom: live.group.oom_kills() > oom_before,
+            // v1 counts a kill in the victim's own group, not its ancestors.
+            oom: group.oom_kills() > 0 || live.group.oom_kills() > oom_before,
             cpu_ns: group.cpu_ns(),
             peak_memory: group.peak_memory(),
         };

@@ -12,11 +12,18 @@ pub(crate) struct Env {
     pub dir: tempfile::TempDir,
     pub cgroup_name: String,
     pub clock: Option<Arc<ManualClock>>,
+    /// The host uid this env's sandboxed commands run as (unique per env, so
+    /// a test can count its own processes while others run).
+    pub user_uid: u32,
 }
 
-pub(crate) fn config(dir: &std::path::Path, cgroup_name: &str) -> Config {
+static NEXT_UID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub(crate) fn config(dir: &std::path::Path, cgroup_name: &str, user_uid: u32) -> Config {
     let mut c = Config::new(dir.join("data"), env!("CARGO_BIN_EXE_strata-sandbox-init"));
     c.cgroup_name = cgroup_name.to_string();
+    c.host_root_uid = user_uid + 1;
+    c.host_user_uid = user_uid;
     c
 }
 
@@ -34,7 +41,9 @@ pub(crate) async fn env_on(backend: Backend, manual_clock: bool) -> Env {
         Some(m) => m.clone(),
         None => Arc::new(SystemClock),
     };
-    let compute = Compute::open(store.clone(), config(dir.path(), &cgroup_name), c)
+    let n = NEXT_UID.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+    let user_uid = 400_000 + (std::process::id() % 1000) * 1000 + n;
+    let compute = Compute::open(store.clone(), config(dir.path(), &cgroup_name, user_uid), c)
         .await
         .unwrap();
     Env {
@@ -43,6 +52,7 @@ pub(crate) async fn env_on(backend: Backend, manual_clock: bool) -> Env {
         dir,
         cgroup_name,
         clock,
+        user_uid,
     }
 }
 
