@@ -23,7 +23,8 @@
 //!    └─ D  pid 1 of the sandbox: assembles the root on a tmpfs from read-only
 //!          binds, /proc, /dev, /tmp and /workspace; pivots into it and makes
 //!          it read-only; then either drops to uid 1000 and execs the command
-//!          (run) or waits for its lifeline to close (hold)
+//!          (run) or waits for the server's end of the control socket to
+//!          close (hold)
 //! ```
 //!
 //! An exec in a persistent sandbox is a third shape (`Mode::Enter`): the init
@@ -37,7 +38,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -61,20 +62,56 @@ pub const SANDBOX_UID: u32 = 1000;
 
 /// Runs the sandbox init and exits if this process was started as one;
 /// returns otherwise. Call it first thing in `main` of any binary used as
-/// [`crate::Config::init_program`].
+/// [`crate::Config::init_program`] — before any thread starts (so before an
+/// async runtime is built): the init forks and joins user namespaces, which
+/// is only sound, and only allowed, in a single-threaded process.
 pub fn maybe_run_init() {
     if std::env::args_os().nth(1).is_some_and(|a| a == INIT_ARG) {
+        if threads() != Some(1) {
+            eprintln!(
+                "strata-sandbox-init: the process has {:?} threads; call maybe_run_init before starting any",
+                threads()
+            );
+            std::process::exit(2);
+        }
         std::process::exit(init_main());
     }
 }
 
+fn threads() -> Option<u32> {
+    fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 fn init_main() -> i32 {
-    let Some(control) = os::inherited_fd(3) else {
-        eprintln!("strata-sandbox-init: no control socket on fd 3; this program is started by Strata");
-        return 2;
+    // The control socket arrives as standard input. Move it to a
+    // close-on-exec descriptor and put /dev/null on 0, so no command ever
+    // inherits it.
+    let control = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => UnixStream::from(fd),
+        Err(e) => {
+            eprintln!(
+                "strata-sandbox-init: no control socket on stdin ({e}); this program is started by Strata"
+            );
+            return 2;
+        }
     };
-    let lifeline = os::inherited_fd(4);
-    let control = UnixStream::from(control);
+    close_inherited(control.as_raw_fd());
+    match fs::File::open("/dev/null") {
+        Ok(null) => {
+            if let Err(e) = nix::unistd::dup2_stdin(&null) {
+                eprintln!("strata-sandbox-init: replacing stdin: {e}");
+                return 2;
+            }
+        }
+        Err(e) => {
+            eprintln!("strata-sandbox-init: /dev/null: {e}");
+            return 2;
+        }
+    }
     let spec: Spec = {
         let mut line = String::new();
         let mut reader = BufReader::new(&control);
@@ -102,13 +139,32 @@ fn init_main() -> i32 {
     }
     match &spec.mode {
         Mode::Run | Mode::Hold => match &spec.build {
-            Some(build) => host_side(&spec, build, &control, lifeline),
+            Some(build) => host_side(&spec, build, &control),
             None => {
                 report(&control, &setup_failed("spec", "no build section".into()));
                 1
             }
         },
         Mode::Enter { holder } => enter(*holder, &spec, &control),
+    }
+}
+
+/// Closes every descriptor but stdio and the control socket: whatever the
+/// server's process held without close-on-exec (a build tool's jobserver
+/// pipe, a leaked file) must not reach a sandbox.
+fn close_inherited(keep: std::os::fd::RawFd) {
+    let open: Vec<std::os::fd::RawFd> = match fs::read_dir("/proc/self/fd") {
+        Ok(d) => d
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in open {
+        if fd > 2 && fd != keep {
+            // The listing's own descriptor is already closed: EBADF, ignored.
+            let _ = nix::unistd::close(fd);
+        }
     }
 }
 
@@ -127,7 +183,7 @@ fn setup_failed(stage: &str, reason: String) -> Report {
 }
 
 /// H: fork C, give it its uid/gid maps, wait for it.
-fn host_side(spec: &Spec, build: &Build, control: &UnixStream, lifeline: Option<OwnedFd>) -> i32 {
+fn host_side(spec: &Spec, build: &Build, control: &UnixStream) -> i32 {
     let pipes = pipe2(OFlag::O_CLOEXEC).and_then(|a| pipe2(OFlag::O_CLOEXEC).map(|b| (a, b)));
     let ((ready_r, ready_w), (go_r, go_w)) = match pipes {
         Ok(p) => p,
@@ -144,12 +200,11 @@ fn host_side(spec: &Spec, build: &Build, control: &UnixStream, lifeline: Option<
         Ok(ForkResult::Child) => {
             drop(ready_r);
             drop(go_w);
-            std::process::exit(namespace_side(spec, build, control, lifeline, ready_w, go_r));
+            std::process::exit(namespace_side(spec, build, control, ready_w, go_r));
         }
         Ok(ForkResult::Parent { child }) => {
             drop(ready_w);
             drop(go_r);
-            drop(lifeline);
             let mut byte = [0u8; 1];
             if !matches!(fs::File::from(ready_r).read(&mut byte), Ok(1)) {
                 let _ = waitpid(child, None);
@@ -175,14 +230,7 @@ fn host_side(spec: &Spec, build: &Build, control: &UnixStream, lifeline: Option<
 }
 
 /// C: unshare, become the namespace's root, fork the sandbox's pid 1.
-fn namespace_side(
-    spec: &Spec,
-    build: &Build,
-    control: &UnixStream,
-    lifeline: Option<OwnedFd>,
-    ready_w: OwnedFd,
-    go_r: OwnedFd,
-) -> i32 {
+fn namespace_side(spec: &Spec, build: &Build, control: &UnixStream, ready_w: OwnedFd, go_r: OwnedFd) -> i32 {
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -212,9 +260,8 @@ fn namespace_side(
             report(control, &setup_failed("fork", e.to_string()));
             1
         }
-        Ok(ForkResult::Child) => std::process::exit(sandbox_pid1(spec, build, control, lifeline)),
+        Ok(ForkResult::Child) => std::process::exit(sandbox_pid1(spec, build, control)),
         Ok(ForkResult::Parent { child }) => {
-            drop(lifeline);
             report(control, &Report::Started { pid: child.as_raw() });
             if matches!(spec.mode, Mode::Hold) {
                 return 0;
@@ -260,7 +307,7 @@ fn wait_report(child: Pid) -> Report {
 }
 
 /// D: pid 1 of the new namespaces.
-fn sandbox_pid1(spec: &Spec, build: &Build, control: &UnixStream, lifeline: Option<OwnedFd>) -> i32 {
+fn sandbox_pid1(spec: &Spec, build: &Build, control: &UnixStream) -> i32 {
     if let Err((stage, e)) = assemble_root(build) {
         report(control, &setup_failed(stage, e));
         return 1;
@@ -271,17 +318,12 @@ fn sandbox_pid1(spec: &Spec, build: &Build, control: &UnixStream, lifeline: Opti
                 report(control, &setup_failed("sigchld", e.to_string()));
                 return 1;
             }
-            // The server stops reading at this report; the socket stays open,
-            // unused, for the holder's life.
             report(control, &Report::Ready);
-            let Some(lifeline) = lifeline else {
-                return 0;
-            };
-            let mut f = fs::File::from(lifeline);
+            // The server writes nothing more; read returns 0 when its end
+            // closes (the sandbox stopped, or the server died), and the
+            // sandbox ends with this process.
             let mut buf = [0u8; 64];
-            // The server never writes; read returns 0 when its end closes
-            // (sandbox stopped, or the server died).
-            while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+            while matches!((&*control).read(&mut buf), Ok(n) if n > 0) {}
             0
         }
         _ => match &spec.exec {
@@ -572,6 +614,20 @@ fn exec_command(exec: &Exec, control: &UnixStream) -> i32 {
         127
     };
     let _ = fcntl(control.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    if !exec.stdin.is_empty() {
+        // A memory file rather than a pipe: nobody has to feed it while the command runs.
+        let given = nix::sys::memfd::memfd_create("stdin", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map(fs::File::from)
+            .and_then(|mut f| {
+                f.write_all(&exec.stdin)
+                    .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(5)))?;
+                nix::unistd::lseek(&f, 0, nix::unistd::Whence::SeekSet)?;
+                nix::unistd::dup2_stdin(&f)
+            });
+        if let Err(e) = given {
+            return fail(format!("stdin: {e}"));
+        }
+    }
     let id = (Uid::from_raw(SANDBOX_UID), Gid::from_raw(SANDBOX_UID));
     let dropped = nix::unistd::setgroups(&[id.1])
         .and_then(|()| nix::unistd::setresgid(id.1, id.1, id.1))
@@ -614,15 +670,13 @@ fn exec_command(exec: &Exec, control: &UnixStream) -> i32 {
     if let Err(e) = nix::sys::prctl::set_no_new_privs() {
         return fail(format!("no_new_privs: {e}"));
     }
-    match crate::seccomp::programs() {
-        Ok(progs) => {
-            for p in &progs {
-                if let Err(e) = seccompiler::apply_filter(p) {
-                    return fail(format!("seccomp: {e}"));
-                }
-            }
+    if exec.filters.is_empty() {
+        return fail("seccomp: no filter given".into());
+    }
+    for f in &exec.filters {
+        if let Err(e) = seccompiler::apply_filter(&crate::seccomp::program(f)) {
+            return fail(format!("seccomp: {e}"));
         }
-        Err(e) => return fail(format!("seccomp: {e}")),
     }
     let err = match nix::unistd::execve(&cpath, &argv, &env) {
         Err(e) => e,

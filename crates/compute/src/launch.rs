@@ -1,7 +1,8 @@
 //! Starting the sandbox init from the server and following what it reports.
 //!
-//! The only thing the server process does between `fork` and `exec` is the
-//! `dup2` of [`crate::os::give_fds`]; everything else is in the init.
+//! The server starts the init with plain `std::process` (no pre-exec hook, so
+//! nothing runs between its `fork` and `exec`), giving it the control socket
+//! as standard input; everything else happens in the init.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -14,8 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::cgroup::Group;
 use crate::exec::{Chunk, ExecEvent, Stream};
+use crate::init;
 use crate::wire::{Report, Spec};
-use crate::{init, os};
 
 /// Where a command's output goes.
 pub(crate) enum Sink {
@@ -41,9 +42,7 @@ pub(crate) struct Finished {
 
 fn spawn_init(
     init_program: &Path,
-    piped_stdin: bool,
     piped_output: bool,
-    lifeline: Option<&OwnedFd>,
 ) -> Result<(tokio::process::Child, tokio::net::UnixStream)> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| Error::internal(format!("control socket: {e}")))?;
@@ -51,11 +50,7 @@ fn spawn_init(
     let mut cmd = tokio::process::Command::new(init_program);
     cmd.arg(init::INIT_ARG)
         .env_clear()
-        .stdin(if piped_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(Stdio::from(theirs))
         .stdout(if piped_output {
             Stdio::piped()
         } else {
@@ -67,18 +62,13 @@ fn spawn_init(
             Stdio::null()
         })
         .kill_on_drop(true);
-    let mut fds = vec![&theirs];
-    if let Some(l) = lifeline {
-        fds.push(l);
-    }
-    os::give_fds(&mut cmd, &fds);
     let child = cmd.spawn().map_err(|e| {
         Error::new(
             strata_core::ErrorCode::SandboxUnavailable,
             format!("cannot start the sandbox init {}: {e}", init_program.display()),
         )
     })?;
-    drop(theirs);
+    drop(cmd);
     ours.set_nonblocking(true)
         .map_err(|e| Error::internal(format!("control socket: {e}")))?;
     let ours = tokio::net::UnixStream::from_std(ours)
@@ -139,21 +129,13 @@ async fn pump(
 pub(crate) async fn run(
     init_program: &Path,
     spec: &Spec,
-    stdin: Option<Vec<u8>>,
     sink: Sink,
     timeout: Duration,
     kill_group: &Group,
 ) -> Result<Finished> {
     let started = Instant::now();
-    let (mut child, mut control) = spawn_init(init_program, stdin.is_some(), true, None)?;
+    let (mut child, mut control) = spawn_init(init_program, true)?;
     send_spec(&mut control, spec).await?;
-    let stdin_task = child.stdin.take().map(|mut w| {
-        let data = stdin.unwrap_or_default();
-        tokio::spawn(async move {
-            let _ = w.write_all(&data).await;
-            let _ = w.shutdown().await;
-        })
-    });
     let (cap, tx) = match sink {
         Sink::Capture(c) => (c, None),
         Sink::Stream(c, tx) => (c, Some(tx)),
@@ -220,23 +202,25 @@ pub(crate) async fn run(
         fin.stderr = b;
         fin.stderr_truncated = tr;
     }
-    if let Some(t) = stdin_task {
-        t.abort();
-    }
     let _ = tokio::time::timeout(grace, child.wait()).await;
     Ok(fin)
 }
 
 /// Starts a holder ([`crate::wire::Mode::Hold`]) and waits until its sandbox
-/// is built. Returns the holder's host pid. The holder lives until the write
-/// end of `lifeline` closes.
-pub(crate) async fn hold(init_program: &Path, spec: &Spec, lifeline: &OwnedFd) -> Result<i32> {
-    let (mut child, mut control) = spawn_init(init_program, false, false, Some(lifeline))?;
+/// is built. Returns the holder's host pid and the server's end of its
+/// control socket: the holder lives until that end closes.
+pub(crate) async fn hold(init_program: &Path, spec: &Spec) -> Result<(i32, OwnedFd)> {
+    let (mut child, mut control) = spawn_init(init_program, false)?;
     send_spec(&mut control, spec).await?;
-    let mut lines = BufReader::new(control).lines();
+    let mut reader = BufReader::new(&mut control);
     let mut pid = None;
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if !matches!(reader.read_line(&mut line).await, Ok(n) if n > 0) {
+                break;
+            }
             match serde_json::from_str::<Report>(&line) {
                 Ok(Report::Started { pid: p }) => pid = Some(p),
                 Ok(Report::Ready) => return Ok(()),
@@ -258,5 +242,9 @@ pub(crate) async fn hold(init_program: &Path, spec: &Spec, lifeline: &OwnedFd) -
     .unwrap_or_else(|_| Err(Error::internal("the sandbox init did not get ready within 10 s")));
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     outcome?;
-    pid.ok_or_else(|| Error::internal("the holder did not report its pid"))
+    let pid = pid.ok_or_else(|| Error::internal("the holder did not report its pid"))?;
+    let fd = control
+        .into_std()
+        .map_err(|e| Error::internal(format!("control socket: {e}")))?;
+    Ok((pid, OwnedFd::from(fd)))
 }

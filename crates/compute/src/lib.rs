@@ -265,13 +265,13 @@ impl Compute {
                 env,
                 cwd,
                 rlimits: self.rlimits(&limits),
+                stdin: req.stdin.map(String::into_bytes).unwrap_or_default(),
+                filters: filters()?,
             }),
         };
-        let stdin = req.stdin.map(String::into_bytes);
         let finished = launch::run(
             &cfg.init_program,
             &spec,
-            stdin,
             Sink::Capture(limits.output_bytes as usize),
             Duration::from_millis(timeout),
             &group,
@@ -371,6 +371,13 @@ impl Compute {
     fn now(&self) -> i64 {
         self.inner.clock.now_ms()
     }
+}
+
+/// The seccomp filters, compiled once.
+fn filters() -> Result<Vec<wire::Filter>> {
+    seccomp::compiled()
+        .map(<[_]>::to_vec)
+        .map_err(|e| Error::internal(format!("compiling the seccomp filter: {e}")))
 }
 
 fn group_limits(l: &ResolvedLimits) -> GroupLimits {

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -421,10 +420,6 @@ impl Compute {
             let _ = unmount(ws).await;
             e
         };
-        let (life_r, life_w) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
-            Ok(p) => p,
-            Err(e) => return Err(fail(group, ws, Error::internal(format!("lifeline: {e}"))).await),
-        };
         let mut ro_binds = cfg.ro_binds.clone();
         ro_binds.extend(s.spec.ro_binds.iter().map(PathBuf::from));
         let spec = Spec {
@@ -442,10 +437,8 @@ impl Compute {
             }),
             exec: None,
         };
-        let holder = launch::hold(&cfg.init_program, &spec, &life_r).await;
-        drop(life_r);
-        match holder {
-            Ok(holder) => Ok(Live {
+        match launch::hold(&cfg.init_program, &spec).await {
+            Ok((holder, life_w)) => Ok(Live {
                 holder,
                 lifeline: Some(life_w),
                 group,
@@ -453,10 +446,7 @@ impl Compute {
                 last_used: AtomicI64::new(self.now()),
                 execs: AtomicU64::new(0),
             }),
-            Err(e) => {
-                drop(life_w);
-                Err(fail(group, ws, e).await)
-            }
+            Err(e) => Err(fail(group, ws, e).await),
         }
     }
 
@@ -597,13 +587,14 @@ impl Compute {
                 env,
                 cwd,
                 rlimits: self.rlimits(&s.spec.limits),
+                stdin: req.stdin.map(String::into_bytes).unwrap_or_default(),
+                filters: crate::filters()?,
             }),
         };
         let oom_before = live.group.oom_kills();
         let finished = launch::run(
             &self.config().init_program,
             &spec,
-            req.stdin.map(String::into_bytes),
             sink,
             Duration::from_millis(timeout),
             &group,

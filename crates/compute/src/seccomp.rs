@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 
 use nix::libc;
+
+use crate::wire::Filter;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     TargetArch,
@@ -91,6 +93,30 @@ pub fn denied_calls() -> impl Iterator<Item = &'static str> {
         .iter()
         .map(|(n, _)| *n)
         .chain(["clone with namespace flags", "clone3 (ENOSYS)"])
+}
+
+/// The filters as plain instructions, compiled once per process.
+pub(crate) fn compiled() -> Result<&'static [Filter], String> {
+    static COMPILED: std::sync::OnceLock<Result<Vec<Filter>, String>> = std::sync::OnceLock::new();
+    COMPILED
+        .get_or_init(|| {
+            let progs = programs().map_err(|e| e.to_string())?;
+            Ok(progs
+                .into_iter()
+                .map(|p| p.into_iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
+                .collect())
+        })
+        .as_ref()
+        .map(|v| v.as_slice())
+        .map_err(Clone::clone)
+}
+
+/// Turns instructions back into a program for `apply_filter`.
+pub(crate) fn program(instructions: &[(u16, u8, u8, u32)]) -> BpfProgram {
+    instructions
+        .iter()
+        .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+        .collect()
 }
 
 /// The two filters to install, in order: the `EPERM` deny list, then `clone3` → `ENOSYS`.

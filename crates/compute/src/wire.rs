@@ -1,9 +1,11 @@
 //! What the server and the sandbox init say to each other over the control socket.
 //!
-//! The server writes one [`Spec`] as a JSON line on descriptor 3; the init's
-//! processes answer with [`Report`] lines on the same socket. Nothing here is
-//! read from a sandboxed program: the socket is close-on-exec before the
-//! command runs, so a command can neither forge nor read reports.
+//! The control socket is the init's standard input. The server writes one
+//! [`Spec`] as a JSON line; the init's processes answer with [`Report`] lines
+//! on the same socket. The init moves the socket off descriptor 0 to a
+//! close-on-exec descriptor first thing, so a command can neither forge nor
+//! read reports. For a holder the socket is also its lifeline: it waits
+//! until the server's end closes.
 
 use std::path::PathBuf;
 
@@ -15,7 +17,7 @@ pub(crate) enum Mode {
     /// Build a sandbox, run one command in it as its pid 1, report how it ended.
     Run,
     /// Build a sandbox whose pid 1 waits (for [`Mode::Enter`]) until the
-    /// lifeline on descriptor 4 closes.
+    /// server's end of the control socket closes.
     Hold,
     /// Join the namespaces of the holder with this host pid and run one command.
     Enter {
@@ -83,7 +85,15 @@ pub(crate) struct Exec {
     pub cwd: String,
     /// Resource limits applied with `setrlimit` just before exec.
     pub rlimits: Rlimits,
+    /// Standard input (given to the command as a memory file).
+    pub stdin: Vec<u8>,
+    /// The seccomp programs to install, compiled once by the server:
+    /// `(code, jt, jf, k)` instructions.
+    pub filters: Vec<Filter>,
 }
+
+/// One seccomp program as `(code, jt, jf, k)` BPF instructions.
+pub(crate) type Filter = Vec<(u16, u8, u8, u32)>;
 
 /// Per-process resource limits.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

@@ -322,3 +322,27 @@ async fn attack_fill_the_workspace_past_its_quota_fails() {
     let o = run(&e, req).await;
     assert!(!o.stdout.contains("rc=0"), "{o:?}");
 }
+
+#[tokio::test]
+async fn attack_forge_reports_through_the_control_socket_finds_no_socket() {
+    let e = env().await;
+    // Every descriptor the command was started with: only its stdio.
+    let o = run(
+        &e,
+        py("import os\nfor f in sorted(os.listdir('/proc/1/fd')):\n    print(f, os.readlink('/proc/1/fd/' + f))"),
+    )
+    .await;
+    assert!(
+        !o.stdout.contains("socket:"),
+        "a socket leaked into the sandbox: {o:?}"
+    );
+    let fds: Vec<&str> = o.stdout.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert!(fds.iter().all(|f| ["0", "1", "2", "3"].contains(f)), "{o:?}");
+    // Printing a fake report on stdout stays output.
+    let o = run(
+        &e,
+        sh(r#"echo '{"event":"exited","code":0,"signal":null,"cpu_us":0,"maxrss_kib":0}'; exit 5"#),
+    )
+    .await;
+    assert_eq!(o.exit_code, Some(5));
+}

@@ -1,0 +1,207 @@
+//! Sandbox latency: cold `run` of `true`, persistent `exec` of `true`, and
+//! (with `--compare`) bubblewrap and a bare fork/exec of `true` measured by the
+//! same loop and timer.
+//!
+//! ```text
+//! cargo run --release -p strata-compute --example bench_sandbox -- --runs 500 [--compare]
+//! ```
+//!
+//! Needs root (cgroups and the id maps), like the sandboxes themselves. This
+//! binary is its own sandbox init: it calls `maybe_run_init` first.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_compute::{Caller, Compute, Config, CreateSandbox, ExecRequest, RunRequest, Status};
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+struct Row {
+    name: &'static str,
+    p50: f64,
+    p99: f64,
+}
+
+fn row(name: &'static str, mut samples: Vec<Duration>) -> Row {
+    samples.sort();
+    let r = Row {
+        name,
+        p50: percentile(&samples, 0.50),
+        p99: percentile(&samples, 0.99),
+    };
+    println!(
+        "{:<28} p50 {:>8.3} ms   p99 {:>8.3} ms   (n={})",
+        r.name,
+        r.p50,
+        r.p99,
+        samples.len()
+    );
+    r
+}
+
+fn bwrap_args() -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--die-with-parent",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for l in ["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"] {
+        match std::fs::read_link(l) {
+            Ok(t) => a.extend(["--symlink".into(), t.to_string_lossy().into_owned(), l.into()]),
+            Err(_) if std::path::Path::new(l).is_dir() => a.extend(["--ro-bind".into(), l.into(), l.into()]),
+            Err(_) => {}
+        }
+    }
+    for f in ["/etc/ld.so.cache", "/etc/alternatives", "/etc/nsswitch.conf"] {
+        if std::path::Path::new(f).exists() {
+            a.extend(["--ro-bind".into(), f.into(), f.into()]);
+        }
+    }
+    a.extend(
+        [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/workspace",
+            "--chdir",
+            "/workspace",
+            "true",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    a
+}
+
+fn time_command(program: &str, args: &[String], runs: usize) -> Vec<Duration> {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let ok = std::process::Command::new(program)
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "{program} failed");
+            t.elapsed()
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists: the init must be single-threaded.
+    strata_compute::maybe_run_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(500);
+    let compare = args.iter().any(|a| a == "--compare");
+
+    let dir = tempfile::tempdir()?;
+    let url = strata_store::sqlite_url(dir.path());
+    let store =
+        strata_store::Store::open(strata_store::Options::new(url), &[strata_compute::MIGRATIONS]).await?;
+    let mut cfg = Config::new(dir.path().join("data"), std::env::current_exe()?);
+    cfg.cgroup_name = format!("strata-bench-{}", std::process::id());
+    let compute = Compute::open(store, cfg.clone(), Arc::new(strata_core::SystemClock)).await?;
+    for w in compute.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let caller = Caller::default();
+    let truth = || RunRequest {
+        command: vec!["true".into()],
+        ..Default::default()
+    };
+    for _ in 0..10 {
+        compute.run(truth(), &caller).await?;
+    }
+    // With --compare, the three are interleaved run by run, so that load from
+    // elsewhere on the machine falls on all of them alike.
+    let (mut cold, mut bw, mut bare) = (Vec::with_capacity(runs), Vec::new(), Vec::new());
+    let bwrap_argv = bwrap_args();
+    if compare {
+        anyhow::ensure!(
+            PathBuf::from("/usr/bin/bwrap").exists(),
+            "bwrap is not installed (apt-get install bubblewrap)"
+        );
+    }
+    for _ in 0..runs {
+        let t = Instant::now();
+        let o = compute.run(truth(), &caller).await?;
+        cold.push(t.elapsed());
+        anyhow::ensure!(o.status == Status::Exited && o.exit_code == Some(0), "{o:?}");
+        if compare {
+            bw.extend(time_command("/usr/bin/bwrap", &bwrap_argv, 1));
+            bare.extend(time_command("true", &[], 1));
+        }
+    }
+    let sbx = compute.create(CreateSandbox::default(), &caller).await?;
+    let exec_true = || ExecRequest {
+        command: vec!["true".into()],
+        ..Default::default()
+    };
+    let mut warm = Vec::with_capacity(runs);
+    for i in 0..runs + 10 {
+        let t = Instant::now();
+        let o = compute.exec(&sbx.id, exec_true(), &caller).await?;
+        if i >= 10 {
+            warm.push(t.elapsed());
+        }
+        anyhow::ensure!(o.exit_code == Some(0), "{o:?}");
+    }
+    compute.delete(&sbx.id).await?;
+
+    println!("runs: {runs}");
+    let strata_cold = row("strata run (cold)", cold);
+    let _ = row("strata exec (persistent)", warm);
+    if compare {
+        let b = row("bwrap true", bw);
+        let bare = row("fork/exec true", bare);
+        println!(
+            "ratios: strata cold / bwrap  p50 {:.2}x  p99 {:.2}x",
+            strata_cold.p50 / b.p50,
+            strata_cold.p99 / b.p99
+        );
+        println!(
+            "        strata cold / bare   p50 {:.2}x  p99 {:.2}x",
+            strata_cold.p50 / bare.p50,
+            strata_cold.p99 / bare.p99
+        );
+        println!("        bwrap / bare         p50 {:.2}x", b.p50 / bare.p50);
+    }
+    for ctrl in ["memory", "pids", "cpu", "cpuacct", "unified"] {
+        let _ = std::fs::remove_dir(cfg.cgroup_root.join(ctrl).join(&cfg.cgroup_name));
+    }
+    Ok(())
+}
