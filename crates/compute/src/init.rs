@@ -168,6 +168,17 @@ fn close_inherited(keep: std::os::fd::RawFd) {
     }
 }
 
+/// Points this process's stdout and stderr at /dev/null once the command's
+/// process exists: the server sees end-of-output as soon as the command and
+/// its children are done, not when the init's processes have also exited
+/// (which waits for the namespaces to be torn down).
+fn release_output() {
+    if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
 fn report(control: &UnixStream, r: &Report) {
     if let Ok(mut line) = serde_json::to_vec(r) {
         line.push(b'\n');
@@ -203,6 +214,7 @@ fn host_side(spec: &Spec, build: &Build, control: &UnixStream) -> i32 {
             std::process::exit(namespace_side(spec, build, control, ready_w, go_r));
         }
         Ok(ForkResult::Parent { child }) => {
+            release_output();
             drop(ready_w);
             drop(go_r);
             let mut byte = [0u8; 1];
@@ -262,6 +274,7 @@ fn namespace_side(spec: &Spec, build: &Build, control: &UnixStream, ready_w: Own
         }
         Ok(ForkResult::Child) => std::process::exit(sandbox_pid1(spec, build, control)),
         Ok(ForkResult::Parent { child }) => {
+            release_output();
             report(control, &Report::Started { pid: child.as_raw() });
             if matches!(spec.mode, Mode::Hold) {
                 return 0;
@@ -599,6 +612,7 @@ fn enter(holder: i32, spec: &Spec, control: &UnixStream) -> i32 {
         }
         Ok(ForkResult::Child) => exec_command(exec, control),
         Ok(ForkResult::Parent { child }) => {
+            release_output();
             report(control, &Report::Started { pid: child.as_raw() });
             report(control, &wait_report(child));
             0

@@ -125,14 +125,17 @@ async fn pump(
 
 /// Runs a command ([`crate::wire::Mode::Run`] or [`crate::wire::Mode::Enter`])
 /// to its end or its timeout. On timeout, or once the command's main process
-/// has ended, everything left in `kill_group` is killed.
+/// has ended, everything left in `kill_group` is killed. Returns as soon as
+/// the command's report and output are in; the init process itself may still
+/// be tearing the namespaces down — the returned child is reaped by the
+/// caller's clean-up.
 pub(crate) async fn run(
     init_program: &Path,
     spec: &Spec,
     sink: Sink,
     timeout: Duration,
     kill_group: &Group,
-) -> Result<Finished> {
+) -> Result<(Finished, tokio::process::Child)> {
     let started = Instant::now();
     let (mut child, mut control) = spawn_init(init_program, true)?;
     send_spec(&mut control, spec).await?;
@@ -202,8 +205,7 @@ pub(crate) async fn run(
         fin.stderr = b;
         fin.stderr_truncated = tr;
     }
-    let _ = tokio::time::timeout(grace, child.wait()).await;
-    Ok(fin)
+    Ok((fin, child))
 }
 
 /// Starts a holder ([`crate::wire::Mode::Hold`]) and waits until its sandbox

@@ -147,6 +147,14 @@ struct Inner {
     cgroups: Hierarchy,
     root_dir: PathBuf,
     slots: std::sync::Mutex<HashMap<String, sandbox::Slot>>,
+    pending: Arc<Pending>,
+}
+
+/// Clean-ups still running.
+#[derive(Default)]
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
 impl Compute {
@@ -195,6 +203,7 @@ impl Compute {
                 cgroups,
                 root_dir,
                 slots: std::sync::Mutex::new(HashMap::new()),
+                pending: Arc::default(),
             }),
         };
         compute.recover().await?;
@@ -277,18 +286,48 @@ impl Compute {
             &group,
         )
         .await;
-        let outcome = finished.map(|f| {
-            let measured = Measured {
-                oom: group.oom_kills() > 0,
-                cpu_ns: group.cpu_ns(),
-                peak_memory: group.peak_memory(),
-            };
-            outcome_of(f, measured, caller, None)
+        let (outcome, child) = match finished {
+            Ok((f, child)) => {
+                let measured = Measured {
+                    oom: group.oom_kills() > 0,
+                    cpu_ns: group.cpu_ns(),
+                    peak_memory: group.peak_memory(),
+                };
+                (outcome_of(f, measured, caller, None), Some(child))
+            }
+            Err(e) => (Err(e), None),
+        };
+        self.clean_up(child, group);
+        outcome
+    }
+
+    /// Reaps the init and removes the group after the reply: the kernel's
+    /// teardown of the namespaces is not on the caller's clock.
+    /// [`Compute::settle`] waits for every clean-up started so far.
+    pub(crate) fn clean_up(&self, child: Option<tokio::process::Child>, group: cgroup::Group) {
+        let pending = self.inner.pending.clone();
+        pending.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::spawn(async move {
+            if let Some(mut c) = child {
+                let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+            }
+            let _ = tokio::task::spawn_blocking(move || group.remove()).await;
+            if pending.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                pending.idle.notify_waiters();
+            }
         });
-        let group = Arc::new(group);
-        let g = group.clone();
-        let _ = tokio::task::spawn_blocking(move || g.remove()).await;
-        outcome?
+    }
+
+    /// Waits until every clean-up started so far (init processes reaped,
+    /// cgroups removed) has finished.
+    pub async fn settle(&self) {
+        loop {
+            let idle = self.inner.pending.idle.notified();
+            if self.inner.pending.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), idle).await;
+        }
     }
 
     fn network_allowed(&self, network: Network, caller: &Caller) -> Result<bool> {

@@ -606,12 +606,12 @@ impl Compute {
             cpu_ns: group.cpu_ns(),
             peak_memory: group.peak_memory(),
         };
-        let _ = blocking(move || {
-            group.remove();
-            Ok(())
-        })
-        .await;
         live.last_used.store(self.now(), Ordering::Relaxed);
+        let (finished, child) = match finished {
+            Ok((f, c)) => (Ok(f), Some(c)),
+            Err(e) => (Err(e), None),
+        };
+        self.clean_up(child, group);
         outcome_of(finished?, measured, caller, Some(s.id.clone()))
     }
 
