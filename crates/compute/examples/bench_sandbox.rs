@@ -1,6 +1,6 @@
-//! Sandbox latency: cold `run` of `true`, persistent `exec` of `true`, and
-//! (with `--compare`) bubblewrap and a bare fork/exec of `true` measured by the
-//! same loop and timer.
+//! Sandbox latency: cold `run` of `true`, persistent `exec` of `true`, a
+//! warm-pool `run`, and (with `--compare`) bubblewrap and a bare fork/exec of
+//! `true` measured by the same loop and timer.
 //!
 //! ```text
 //! cargo run --release -p strata-compute --example bench_sandbox -- --runs 500 [--compare]
@@ -197,6 +197,37 @@ async fn bench() -> anyhow::Result<()> {
     }
     compute.delete(&sbx.id).await?;
 
+    // Warm pool: a second service keeping 2 sandboxes built; the pool is
+    // refilled (untimed) before each run, so this is the latency of a run that
+    // finds one ready.
+    let mut pool_cfg = cfg.clone();
+    pool_cfg.data_dir = dir.path().join("pool-data");
+    pool_cfg.cgroup_name = format!("{}-pool", cfg.cgroup_name);
+    pool_cfg.pool_size = 2;
+    let pooled = Compute::open(
+        strata_store::Store::open(
+            strata_store::Options::new(strata_store::sqlite_url(&dir.path().join("pool-db"))),
+            &[strata_compute::MIGRATIONS],
+        )
+        .await?,
+        pool_cfg.clone(),
+        Arc::new(strata_core::SystemClock),
+    )
+    .await?;
+    let mut pool_runs = Vec::with_capacity(runs);
+    for i in 0..runs + 10 {
+        pooled.fill_pool().await?;
+        let t = Instant::now();
+        let o = pooled.run(truth(), &caller).await?;
+        if i >= 10 {
+            pool_runs.push(t.elapsed());
+        }
+        anyhow::ensure!(o.exit_code == Some(0), "{o:?}");
+    }
+    pooled.drain_pool().await;
+    pooled.settle().await;
+    compute.settle().await;
+
     println!("runs: {runs}");
     let strata_cold = row("strata run (cold)", cold);
     println!(
@@ -204,6 +235,7 @@ async fn bench() -> anyhow::Result<()> {
         "strata run (sustained)"
     );
     let _ = row("strata exec (persistent)", warm);
+    let _ = row("strata run (warm pool)", pool_runs);
     if compare {
         let b = row("bwrap true", bw);
         let bare = row("fork/exec true", bare);
@@ -220,7 +252,9 @@ async fn bench() -> anyhow::Result<()> {
         println!("        bwrap / bare         p50 {:.2}x", b.p50 / bare.p50);
     }
     for ctrl in ["memory", "pids", "cpu", "cpuacct", "unified"] {
-        let _ = std::fs::remove_dir(cfg.cgroup_root.join(ctrl).join(&cfg.cgroup_name));
+        for name in [&cfg.cgroup_name, &pool_cfg.cgroup_name] {
+            let _ = std::fs::remove_dir(cfg.cgroup_root.join(ctrl).join(name));
+        }
     }
     Ok(())
 }

@@ -649,6 +649,18 @@ fn exec_command(exec: &Exec, control: &UnixStream) -> i32 {
     if let Err(e) = dropped {
         return fail(format!("dropping privileges: {e}"));
     }
+    for f in &exec.files {
+        let p = Path::new("/workspace").join(&f.path);
+        let written = p
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| fs::write(&p, &f.data))
+            .and_then(|()| fs::set_permissions(&p, fs::Permissions::from_mode(f.mode & 0o777)));
+        if let Err(e) = written {
+            report(control, &setup_failed("files", format!("{}: {e}", p.display())));
+            return 1;
+        }
+    }
     if let Err(e) = nix::unistd::chdir(exec.cwd.as_str()) {
         return fail(format!("working directory {}: {e}", exec.cwd));
     }

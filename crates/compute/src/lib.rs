@@ -13,6 +13,7 @@
 //!   workspace that survives execs and stop/start, files in and out,
 //!   snapshots and forks, idle stop and TTL via [`Compute::sweep`].
 //! - [`template`]: named base configurations.
+//! - the warm pool (`Config::pool_size`): sandboxes built ahead for `run`.
 //! - [`exec`]: the request and outcome types, with usage for metering.
 //! - [`workspace`]: host-side file access that never follows a sandbox's links.
 //! - [`seccomp`]: the denied system calls.
@@ -28,6 +29,7 @@ pub mod exec;
 pub mod init;
 mod launch;
 mod os;
+mod pool;
 mod repo;
 pub mod sandbox;
 pub mod seccomp;
@@ -89,6 +91,8 @@ pub struct Config {
     pub max_seed_bytes: u64,
     /// Stop persistent sandboxes idle this long (unless they set their own).
     pub idle_stop_ms: Option<i64>,
+    /// Sandboxes kept built for ephemeral runs with default settings (0: none).
+    pub pool_size: usize,
 }
 
 impl Config {
@@ -130,6 +134,7 @@ impl Config {
             max_file_bytes: 16 << 20,
             max_seed_bytes: 32 << 20,
             idle_stop_ms: None,
+            pool_size: 0,
         }
     }
 }
@@ -148,13 +153,14 @@ struct Inner {
     root_dir: PathBuf,
     slots: std::sync::Mutex<HashMap<String, sandbox::Slot>>,
     pending: Arc<Pending>,
+    pool: pool::Pool,
 }
 
 /// Clean-ups still running.
 #[derive(Default)]
-struct Pending {
-    count: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
+pub(crate) struct Pending {
+    pub(crate) count: std::sync::atomic::AtomicUsize,
+    pub(crate) idle: tokio::sync::Notify,
 }
 
 impl Compute {
@@ -204,9 +210,13 @@ impl Compute {
                 root_dir,
                 slots: std::sync::Mutex::new(HashMap::new()),
                 pending: Arc::default(),
+                pool: pool::Pool::default(),
             }),
         };
         compute.recover().await?;
+        if compute.config().pool_size > 0 {
+            compute.refill_pool();
+        }
         Ok(compute)
     }
 
@@ -229,6 +239,9 @@ impl Compute {
     pub async fn run(&self, req: RunRequest, caller: &Caller) -> Result<RunOutcome> {
         let cfg = &self.inner.config;
         exec::check_command(&req.command)?;
+        if let Some(out) = self.run_pooled(&req, caller).await {
+            return out;
+        }
         let template = match &req.template {
             Some(name) => Some(self.template(name).await?),
             None => None,
@@ -275,6 +288,7 @@ impl Compute {
                 cwd,
                 rlimits: self.rlimits(&limits),
                 stdin: req.stdin.map(String::into_bytes).unwrap_or_default(),
+                files: Vec::new(),
                 filters: filters()?,
             }),
         };

@@ -165,13 +165,16 @@ pub struct SweepReport {
 
 /// A running sandbox's host-side handles.
 pub(crate) struct Live {
-    holder: i32,
+    pub(crate) holder: i32,
     /// Closing it ends the holder, and with it every process of the sandbox.
-    lifeline: Option<OwnedFd>,
-    group: Arc<Group>,
-    ws: PathBuf,
-    last_used: AtomicI64,
-    execs: AtomicU64,
+    pub(crate) lifeline: Option<OwnedFd>,
+    pub(crate) group: Arc<Group>,
+    /// The group's name under the service's parent (execs get `NAME/xN`).
+    pub(crate) name: String,
+    /// Where the host reaches the workspace.
+    pub(crate) ws: PathBuf,
+    pub(crate) last_used: AtomicI64,
+    pub(crate) execs: AtomicU64,
 }
 
 /// One sandbox's lock: execs and file calls share it, lifecycle changes take it alone.
@@ -442,6 +445,7 @@ impl Compute {
                 holder,
                 lifeline: Some(life_w),
                 group,
+                name: s.id.clone(),
                 ws,
                 last_used: AtomicI64::new(self.now()),
                 execs: AtomicU64::new(0),
@@ -452,7 +456,7 @@ impl Compute {
 
     /// Kills a sandbox's processes, optionally saves its workspace to disk,
     /// and unmounts it.
-    async fn end_live(&self, mut live: Live, save: bool) -> Option<std::io::Error> {
+    pub(crate) async fn end_live(&self, mut live: Live, save: bool) -> Option<std::io::Error> {
         drop(live.lifeline.take());
         let group = live.group.clone();
         let ws = live.ws.clone();
@@ -523,7 +527,18 @@ impl Compute {
         let guard = slot.read().await;
         let live = guard.as_ref().ok_or_else(|| stopped(id))?;
         let cap = stored.spec.limits.output_bytes as usize;
-        self.exec_in(&stored, live, req, caller, Sink::Capture(cap)).await
+        let limits = stored.spec.limits;
+        self.exec_in(
+            Some(id),
+            &limits,
+            &stored.spec.env,
+            live,
+            req,
+            Vec::new(),
+            caller,
+            Sink::Capture(cap),
+        )
+        .await
     }
 
     /// Runs one command in a running sandbox, streaming its output as
@@ -548,8 +563,18 @@ impl Compute {
         tokio::spawn(async move {
             let Some(live) = guard.as_ref() else { return };
             let cap = stored.spec.limits.output_bytes as usize;
+            let limits = stored.spec.limits;
             let out = this
-                .exec_in(&stored, live, req, &caller, Sink::Stream(cap, tx.clone()))
+                .exec_in(
+                    Some(&stored.id),
+                    &limits,
+                    &stored.spec.env,
+                    live,
+                    req,
+                    Vec::new(),
+                    &caller,
+                    Sink::Stream(cap, tx.clone()),
+                )
                 .await;
             match out {
                 Ok(o) => {
@@ -561,22 +586,27 @@ impl Compute {
         Ok(rx)
     }
 
-    async fn exec_in(
+    /// Runs one command in `live`'s namespaces, in a cgroup of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn exec_in(
         &self,
-        s: &Stored,
+        sandbox_id: Option<&str>,
+        limits: &ResolvedLimits,
+        base_env: &BTreeMap<String, String>,
         live: &Live,
         req: ExecRequest,
+        files: Vec<wire::SeedFile>,
         caller: &Caller,
         sink: Sink,
     ) -> Result<RunOutcome> {
         exec::check_command(&req.command)?;
         let timeout = exec::check_timeout(self.config(), req.timeout_ms)?;
-        let env = exec::environment([&s.spec.env, &req.env])?;
+        let env = exec::environment([base_env, &req.env])?;
         let cwd = exec::check_cwd(req.cwd.as_deref())?;
         live.last_used.store(self.now(), Ordering::Relaxed);
         let n = live.execs.fetch_add(1, Ordering::Relaxed);
         let group = self
-            .make_group(format!("{}/x{n}", s.id), GroupLimits::default())
+            .make_group(format!("{}/x{n}", live.name), GroupLimits::default())
             .await?;
         let spec = Spec {
             mode: Mode::Enter { holder: live.holder },
@@ -586,8 +616,9 @@ impl Compute {
                 argv: req.command.clone(),
                 env,
                 cwd,
-                rlimits: self.rlimits(&s.spec.limits),
+                rlimits: self.rlimits(limits),
                 stdin: req.stdin.map(String::into_bytes).unwrap_or_default(),
+                files,
                 filters: crate::filters()?,
             }),
         };
@@ -612,7 +643,7 @@ impl Compute {
             Err(e) => (Err(e), None),
         };
         self.clean_up(child, group);
-        outcome_of(finished?, measured, caller, Some(s.id.clone()))
+        outcome_of(finished?, measured, caller, sandbox_id.map(str::to_string))
     }
 
     /// The folder files are read from and written to: the live tmpfs of a

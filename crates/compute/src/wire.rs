@@ -87,6 +87,9 @@ pub(crate) struct Exec {
     pub rlimits: Rlimits,
     /// Standard input (given to the command as a memory file).
     pub stdin: Vec<u8>,
+    /// Files written into `/workspace` as the sandbox user just before exec
+    /// (runs in a pooled sandbox; a cold run seeds through [`Build::files`]).
+    pub files: Vec<SeedFile>,
     /// The seccomp programs to install, compiled once by the server:
     /// `(code, jt, jf, k)` instructions.
     pub filters: Vec<Filter>,

@@ -12,5 +12,6 @@ mod suite {
     mod input;
     mod leaks;
     mod persistent;
+    mod pool;
     mod run;
 }

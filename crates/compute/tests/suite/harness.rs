@@ -28,6 +28,10 @@ pub(crate) fn config(dir: &std::path::Path, cgroup_name: &str, user_uid: u32) ->
 }
 
 pub(crate) async fn env_on(backend: Backend, manual_clock: bool) -> Env {
+    env_with(backend, manual_clock, |_| {}).await
+}
+
+pub(crate) async fn env_with(backend: Backend, manual_clock: bool, tweak: impl FnOnce(&mut Config)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let url = strata_store::testing::fresh_url(backend, dir.path())
         .await
@@ -43,9 +47,9 @@ pub(crate) async fn env_on(backend: Backend, manual_clock: bool) -> Env {
     };
     let n = NEXT_UID.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
     let user_uid = 400_000 + (std::process::id() % 1000) * 1000 + n;
-    let compute = Compute::open(store.clone(), config(dir.path(), &cgroup_name, user_uid), c)
-        .await
-        .unwrap();
+    let mut cfg = config(dir.path(), &cgroup_name, user_uid);
+    tweak(&mut cfg);
+    let compute = Compute::open(store.clone(), cfg, c).await.unwrap();
     Env {
         compute,
         store,
