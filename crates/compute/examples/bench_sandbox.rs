@@ -204,6 +204,7 @@ async fn bench() -> anyhow::Result<()> {
     pool_cfg.data_dir = dir.path().join("pool-data");
     pool_cfg.cgroup_name = format!("{}-pool", cfg.cgroup_name);
     pool_cfg.pool_size = 2;
+    std::fs::create_dir_all(dir.path().join("pool-db"))?;
     let pooled = Compute::open(
         strata_store::Store::open(
             strata_store::Options::new(strata_store::sqlite_url(&dir.path().join("pool-db"))),
