@@ -795,6 +795,23 @@ impl Compute {
         Ok(report)
     }
 
+    /// Stops every running sandbox (saving its workspace), ends the warm
+    /// pool, and waits for every clean-up: what a server does before exiting.
+    /// (Without it, the next `Compute::open` on the same data folder saves
+    /// what was left and removes the cgroups.)
+    pub async fn shutdown(&self) -> Result<()> {
+        let ids: Vec<String> = {
+            let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.keys().cloned().collect()
+        };
+        for id in ids {
+            self.stop(&id).await?;
+        }
+        self.drain_pool().await;
+        self.settle().await;
+        Ok(())
+    }
+
     /// Brings sandboxes left `running` by a previous process to `stopped`,
     /// saving a workspace that is still mounted.
     pub(crate) async fn recover(&self) -> Result<()> {

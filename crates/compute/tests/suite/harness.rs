@@ -68,12 +68,57 @@ fn ulid_like() -> String {
     strata_core::Id::new("t").to_string().replace("t_", "")
 }
 
+impl Env {
+    /// Stops everything the test left running, the way a server would.
+    #[allow(dead_code)]
+    pub(crate) async fn shutdown(&self) {
+        self.compute.shutdown().await.unwrap();
+    }
+}
+
 impl Drop for Env {
+    /// Whatever a test left (also when it failed): workspace mounts under its
+    /// folder and its cgroups, with the processes in them.
     fn drop(&mut self) {
-        // The service's parent groups (children are removed by the service).
-        for ctrl in ["memory", "pids", "cpu", "cpuacct", "unified"] {
-            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctrl}/{}", self.cgroup_name));
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for mp in info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+        {
+            let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
         }
+        for ctrl in ["memory", "pids", "cpu", "cpuacct", "unified"] {
+            remove_cgroup(std::path::Path::new(&format!(
+                "/sys/fs/cgroup/{ctrl}/{}",
+                self.cgroup_name
+            )));
+        }
+    }
+}
+
+fn remove_cgroup(d: &std::path::Path) {
+    if let Ok(es) = std::fs::read_dir(d) {
+        for e in es.flatten() {
+            if e.path().is_dir() {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if std::fs::remove_dir(d).is_ok() || !d.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -377,6 +377,9 @@ async fn template_setup_runs_once_in_new_sandboxes() {
         "ready\nt\n"
     );
     assert_eq!(e.compute.templates().await.unwrap().len(), 1);
+    e.shutdown().await;
+    assert_eq!(e.compute.get(&s.id).await.unwrap().state, SandboxState::Stopped);
+    assert_eq!(e.compute.cgroup_count(), 0);
 }
 
 #[tokio::test]
