@@ -301,3 +301,25 @@ fn remove_tree(d: &Path) {
     }
     let _ = fs::remove_dir(d);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_controllers_are_skipped_with_a_warning_each() {
+        let root = std::env::temp_dir().join(format!("strata-cg-probe-{}", std::process::id()));
+        fs::create_dir_all(root.join("pids")).expect("temp dir");
+        fs::write(root.join("pids/cgroup.procs"), "").expect("temp file");
+        let h = Hierarchy::probe(&root, "svc");
+        // memory, cpu and cpuacct are missing; unified is not needed while pids is there.
+        assert_eq!(h.warnings.len(), 3, "{:?}", h.warnings);
+        assert!(h.warnings.iter().any(|w| w.contains("'memory' is not mounted")));
+        assert!(!h.has_memory());
+        let g = h.create("run-1", GroupLimits::default()).expect("a pids group");
+        assert_eq!(g.procs_files(), vec![root.join("pids/svc/run-1/cgroup.procs")]);
+        assert_eq!(g.oom_kills(), 0);
+        assert_eq!(g.peak_memory(), None);
+        let _ = fs::remove_dir_all(&root);
+    }
+}

@@ -389,6 +389,15 @@ impl Compute {
                     "must be permission bits (at most 0o777)",
                 ));
             }
+            if let Some(clash) = out.iter().find(|o: &&SeedFile| {
+                let (a, b) = (std::path::Path::new(&o.path), path.as_path());
+                a == b || a.starts_with(b) || b.starts_with(a)
+            }) {
+                return Err(Error::invalid(
+                    "files",
+                    format!("'{}' and '{}' cannot both be files", clash.path, f.path),
+                ));
+            }
             out.push(SeedFile {
                 path: path.to_string_lossy().into_owned(),
                 data,
@@ -456,6 +465,10 @@ fn outcome_of(
     sandbox_id: Option<String>,
 ) -> Result<RunOutcome> {
     if let Some((stage, reason)) = f.setup_failed {
+        if stage == "files" {
+            // The caller's files could not be written (a name too long, …).
+            return Err(Error::invalid("files", reason));
+        }
         return Err(Error::new(
             ErrorCode::SandboxUnavailable,
             format!("sandbox setup failed at {stage}: {reason}"),

@@ -86,6 +86,24 @@ async fn files_too_large_or_escaping_are_refused() {
 }
 
 #[tokio::test]
+async fn a_file_that_is_also_a_folder_is_refused_before_any_setup() {
+    let e = env().await;
+    let mut req = sh("true");
+    req.files = ["a", "a/b"]
+        .iter()
+        .map(|p| FileInput {
+            path: p.to_string(),
+            content: Some("x".into()),
+            content_base64: None,
+            mode: None,
+        })
+        .collect();
+    let err = e.compute.run(req, &Caller::default()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidRequest, "{err}");
+    assert_eq!(e.compute.cgroup_count(), 0);
+}
+
+#[tokio::test]
 async fn host_egress_without_a_grant_is_refused() {
     let e = env().await;
     let mut req = sh("true");

@@ -47,19 +47,18 @@ async fn two_hundred_runs_leave_no_mount_cgroup_folder_or_process() {
                 .await
                 .map(|_| ()),
             3 => {
-                // A setup that fails inside the init: a file under a file.
+                // A setup that fails inside the init, half-way through
+                // building the root: a file name longer than a name may be.
                 let mut req = sh("true");
-                req.files = ["a", "a/b"]
-                    .iter()
-                    .map(|p| FileInput {
-                        path: p.to_string(),
-                        content: Some("x".into()),
-                        content_base64: None,
-                        mode: None,
-                    })
-                    .collect();
+                req.files = vec![FileInput {
+                    path: "x".repeat(300),
+                    content: Some("x".into()),
+                    content_base64: None,
+                    mode: None,
+                }];
                 let err = e.compute.run(req, &caller).await.unwrap_err();
-                assert_eq!(err.code, strata_core::ErrorCode::SandboxUnavailable, "{err}");
+                assert_eq!(err.code, strata_core::ErrorCode::InvalidRequest, "{err}");
+                assert!(err.detail.contains("File name too long"), "{err}");
                 Ok(())
             }
             _ => {
