@@ -6,12 +6,15 @@
 //! `fork` after which the child calls `unshare`, writes files, mounts, forks
 //! again and execs: after a `fork` in a multi-threaded process only
 //! async-signal-safe calls are sound, and this sequence allocates. So the
-//! server only does the one thing that is sound there — `std::process`'s
-//! spawn of this program, with a `dup2` of the control socket in the
-//! pre-exec hook ([`crate::os::give_fds`]) — and everything else happens in
-//! this freshly exec'd, single-threaded init, where `fork` is ordinary.
+//! server only starts this program with plain `std::process` — no pre-exec
+//! hook, the control socket handed over as its standard input — and
+//! everything else happens in this freshly exec'd init, which checks that it
+//! is single-threaded and where `fork` is therefore ordinary. (Forking from a
+//! `spawn_blocking` thread and exec'ing at once was the other option; it
+//! would still have to do the namespace work between fork and exec.)
 //! The init is either the crate's `strata-sandbox-init` binary or any binary
-//! that calls [`maybe_run_init`] first thing in `main` (re-exec of self).
+//! that calls [`maybe_run_init`] first thing in `main`, before any thread
+//! starts (re-exec of self, as the `strata` binary can do).
 //!
 //! # The process tree of a sandbox
 //!
