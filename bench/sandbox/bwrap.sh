@@ -17,5 +17,5 @@ if ! command -v bwrap >/dev/null; then
   exit 1
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-nice -n 19 cargo build --release -q -p strata-compute --example bench_sandbox
+nice -n 19 cargo build --release -q -p strata-compute --bins --example bench_sandbox
 "$CARGO_TARGET_DIR/release/examples/bench_sandbox" --runs "$runs" --compare

@@ -132,7 +132,17 @@ async fn bench() -> anyhow::Result<()> {
     let url = strata_store::sqlite_url(dir.path());
     let store =
         strata_store::Store::open(strata_store::Options::new(url), &[strata_compute::MIGRATIONS]).await?;
-    let mut cfg = Config::new(dir.path().join("data"), std::env::current_exe()?);
+    // The small init binary when it was built beside this example (target/
+    // release/), else this binary itself (it is an init too).
+    let me = std::env::current_exe()?;
+    let small = me
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("strata-sandbox-init"))
+        .filter(|p| p.exists());
+    let init = small.unwrap_or(me);
+    println!("init: {}", init.display());
+    let mut cfg = Config::new(dir.path().join("data"), init);
     cfg.cgroup_name = format!("strata-bench-{}", std::process::id());
     let compute = Compute::open(store, cfg.clone(), Arc::new(strata_core::SystemClock)).await?;
     for w in compute.warnings() {
