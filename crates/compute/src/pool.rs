@@ -28,6 +28,8 @@ use crate::{Compute, group_limits};
 pub(crate) struct Pool {
     ready: std::sync::Mutex<Vec<Live>>,
     building: AtomicUsize,
+    /// Set by `drain_pool`: nothing more is built.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Compute {
@@ -45,7 +47,7 @@ impl Compute {
     /// fails), waiting for those being built elsewhere.
     pub async fn fill_pool(&self) -> Result<()> {
         let want = self.config().pool_size;
-        while self.pool_ready() < want {
+        while self.pool_ready() < want && !self.inner.pool.closed.load(Ordering::SeqCst) {
             if self.pool_ready() + self.inner.pool.building.load(Ordering::SeqCst) >= want {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 continue;
@@ -54,6 +56,10 @@ impl Compute {
             let built = self.build_pooled().await;
             self.inner.pool.building.fetch_sub(1, Ordering::SeqCst);
             let live = built?;
+            if self.inner.pool.closed.load(Ordering::SeqCst) {
+                self.end_live(live, false).await;
+                break;
+            }
             self.inner
                 .pool
                 .ready
@@ -73,8 +79,13 @@ impl Compute {
         });
     }
 
-    /// Ends every pooled sandbox (for shutdown and tests).
+    /// Stops building pooled sandboxes and ends the ready ones (for shutdown;
+    /// the pool stays empty afterwards).
     pub async fn drain_pool(&self) {
+        self.inner.pool.closed.store(true, Ordering::SeqCst);
+        while self.inner.pool.building.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
         let all: Vec<Live> =
             std::mem::take(&mut *self.inner.pool.ready.lock().unwrap_or_else(|p| p.into_inner()));
         for live in all {
