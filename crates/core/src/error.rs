@@ -70,6 +70,17 @@ codes! {
     UpstreamTooLarge = "upstream_too_large", 502, "The tool's upstream answered with more bytes than the gateway accepts.";
     CircuitOpen = "circuit_open", 503, "The connection's circuit breaker is open after repeated failures; retry later.";
     UpstreamTimeout = "upstream_timeout", 504, "The tool's upstream did not answer in time.";
+    // --- compute layer (sandboxes) ---
+    InvalidLimits = "invalid_limits", 400, "A sandbox limit is zero where it must not be, or above the allowed maximum.";
+    InvalidCommand = "invalid_command", 400, "The sandbox command is empty or malformed.";
+    InvalidPath = "invalid_path", 400, "A workspace path is absolute, contains '..', or goes through a symlink.";
+    FileTooLarge = "file_too_large", 413, "A file is larger than a sandbox accepts.";
+    WorkspaceFull = "workspace_full", 507, "The sandbox workspace has no room left (its quota is reached).";
+    NetworkNotGranted = "network_not_granted", 403, "The sandbox asked for host-egress network, which the caller was not granted.";
+    SandboxStopped = "sandbox_stopped", 409, "The sandbox is stopped; start it first.";
+    UnknownTemplate = "unknown_template", 404, "No sandbox template has this name.";
+    SandboxUnavailable = "sandbox_unavailable", 503, "Sandboxes cannot be started on this host (namespaces, cgroups or the init program are missing).";
+    // --- end compute layer ---
     Unavailable = "unavailable", 503, "The store is unreachable or the server is shutting down.";
     Internal = "internal", 500, "An unexpected error; the server log has details.";
 }

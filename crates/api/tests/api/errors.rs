@@ -457,6 +457,7 @@ async fn every_documented_code_has_a_test_here() {
     // Codes of layers not yet served over HTTP, tested against the layer itself
     // (crates/tools/tests) until their routes land; then they move up.
     let layer_only = [
+        // crates/tools/tests
         "invalid_arguments",
         "invalid_connection",
         "unknown_secret",
@@ -468,6 +469,16 @@ async fn every_documented_code_has_a_test_here() {
         "upstream_too_large",
         "circuit_open",
         "upstream_timeout",
+        // crates/compute/tests
+        "invalid_limits",
+        "invalid_command",
+        "invalid_path",
+        "file_too_large",
+        "workspace_full",
+        "network_not_granted",
+        "sandbox_stopped",
+        "unknown_template",
+        "sandbox_unavailable",
     ];
     for c in strata_core::ErrorCode::ALL {
         assert!(

@@ -1,0 +1,296 @@
+//! The compute layer's SQL, all of it: `cmp_sandboxes`, `cmp_snapshots`, `cmp_templates`.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use strata_core::{Error, Result};
+use strata_store::{Migration, Store};
+
+use crate::sandbox::{SandboxState, Snapshot, Stored};
+use crate::template::Template;
+
+/// The compute layer's tables.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    layer: "compute",
+    version: 1,
+    name: "sandboxes, snapshots and templates",
+    sqlite: SCHEMA,
+    postgres: SCHEMA,
+}];
+
+const SCHEMA: &str = "
+CREATE TABLE cmp_sandboxes (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    owner_agent TEXT,
+    owner_task TEXT,
+    from_snapshot TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    last_used_at BIGINT NOT NULL,
+    expires_at BIGINT
+);
+CREATE INDEX cmp_sandboxes_state ON cmp_sandboxes (state, last_used_at);
+CREATE TABLE cmp_snapshots (
+    id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE cmp_templates (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+";
+
+fn db(e: sqlx::Error) -> Error {
+    strata_store::Error::from(e).into()
+}
+
+fn corrupt(e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("corrupt compute row: {e}"))
+}
+
+const SANDBOX_COLUMNS: &str = "id, state, spec, owner_agent, owner_task, from_snapshot, created_at, updated_at, last_used_at, expires_at";
+
+fn read_sandbox(r: &AnyRow) -> Result<Stored> {
+    let state: String = r.try_get("state").map_err(db)?;
+    let spec: String = r.try_get("spec").map_err(db)?;
+    Ok(Stored {
+        id: r.try_get("id").map_err(db)?,
+        state: SandboxState::parse(&state).ok_or_else(|| corrupt(&state))?,
+        spec: serde_json::from_str(&spec).map_err(corrupt)?,
+        owner_agent: r.try_get("owner_agent").map_err(db)?,
+        owner_task: r.try_get("owner_task").map_err(db)?,
+        from_snapshot: r.try_get("from_snapshot").map_err(db)?,
+        created_at: r.try_get("created_at").map_err(db)?,
+        updated_at: r.try_get("updated_at").map_err(db)?,
+        last_used_at: r.try_get("last_used_at").map_err(db)?,
+        expires_at: r.try_get("expires_at").map_err(db)?,
+    })
+}
+
+pub(crate) async fn insert_sandbox(store: &Store, s: &Stored) -> Result<()> {
+    let spec = serde_json::to_string(&s.spec).map_err(Error::internal)?;
+    let s = s.clone();
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO cmp_sandboxes (id, state, spec, owner_agent, owner_task, from_snapshot, created_at, updated_at, last_used_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(s.id)
+                .bind(s.state.as_str())
+                .bind(spec)
+                .bind(s.owner_agent)
+                .bind(s.owner_task)
+                .bind(s.from_snapshot)
+                .bind(s.created_at)
+                .bind(s.updated_at)
+                .bind(s.last_used_at)
+                .bind(s.expires_at)
+                .execute(&mut *c)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+pub(crate) async fn set_state(
+    store: &Store,
+    id: &str,
+    state: SandboxState,
+    now: i64,
+    last_used_at: i64,
+) -> Result<()> {
+    let id = id.to_string();
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE cmp_sandboxes SET state = $1, updated_at = $2, last_used_at = $3 WHERE id = $4",
+                )
+                .bind(state.as_str())
+                .bind(now)
+                .bind(last_used_at)
+                .bind(id)
+                .execute(&mut *c)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+pub(crate) async fn delete_sandbox(store: &Store, id: &str) -> Result<()> {
+    let id = id.to_string();
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM cmp_sandboxes WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+pub(crate) async fn sandbox(store: &Store, id: &str) -> Result<Option<Stored>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SANDBOX_COLUMNS} FROM cmp_sandboxes WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(db)?;
+    row.as_ref().map(read_sandbox).transpose()
+}
+
+pub(crate) async fn sandboxes(store: &Store, state: Option<SandboxState>) -> Result<Vec<Stored>> {
+    let rows = match state {
+        Some(s) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SANDBOX_COLUMNS} FROM cmp_sandboxes WHERE state = $1 ORDER BY id"
+        )))
+        .bind(s.as_str())
+        .fetch_all(store.pool())
+        .await
+        .map_err(db)?,
+        None => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SANDBOX_COLUMNS} FROM cmp_sandboxes ORDER BY id"
+        )))
+        .fetch_all(store.pool())
+        .await
+        .map_err(db)?,
+    };
+    rows.iter().map(read_sandbox).collect()
+}
+
+pub(crate) async fn insert_snapshot(store: &Store, s: &Snapshot, spec: &str) -> Result<()> {
+    let (s, spec) = (s.clone(), spec.to_string());
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO cmp_snapshots (id, sandbox_id, spec, bytes, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(s.id)
+                .bind(s.sandbox_id)
+                .bind(spec)
+                .bind(s.bytes as i64)
+                .bind(s.created_at)
+                .execute(&mut *c)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// A snapshot and the spec of the sandbox it was taken from.
+pub(crate) async fn snapshot(store: &Store, id: &str) -> Result<Option<(Snapshot, String)>> {
+    let row = sqlx::query("SELECT id, sandbox_id, spec, bytes, created_at FROM cmp_snapshots WHERE id = $1")
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(db)?;
+    let Some(r) = row else { return Ok(None) };
+    let bytes: i64 = r.try_get("bytes").map_err(db)?;
+    Ok(Some((
+        Snapshot {
+            id: r.try_get("id").map_err(db)?,
+            sandbox_id: r.try_get("sandbox_id").map_err(db)?,
+            bytes: bytes.max(0) as u64,
+            created_at: r.try_get("created_at").map_err(db)?,
+        },
+        r.try_get("spec").map_err(db)?,
+    )))
+}
+
+pub(crate) async fn delete_snapshot(store: &Store, id: &str) -> Result<bool> {
+    let id = id.to_string();
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                let r = sqlx::query("DELETE FROM cmp_snapshots WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(db)?;
+                Ok(r.rows_affected() > 0)
+            })
+        })
+        .await
+}
+
+pub(crate) async fn put_template(store: &Store, t: &Template, now: i64) -> Result<()> {
+    let spec = serde_json::to_string(t).map_err(Error::internal)?;
+    let name = t.name.clone();
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO cmp_templates (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $3)
+                     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                )
+                .bind(name)
+                .bind(spec)
+                .bind(now)
+                .execute(&mut *c)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+pub(crate) async fn template(store: &Store, name: &str) -> Result<Option<Template>> {
+    let row = sqlx::query("SELECT spec FROM cmp_templates WHERE name = $1")
+        .bind(name)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(db)?;
+    let Some(r) = row else { return Ok(None) };
+    let spec: String = r.try_get("spec").map_err(db)?;
+    serde_json::from_str(&spec).map(Some).map_err(corrupt)
+}
+
+pub(crate) async fn templates(store: &Store) -> Result<Vec<Template>> {
+    let rows = sqlx::query("SELECT spec FROM cmp_templates ORDER BY name")
+        .fetch_all(store.pool())
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let spec: String = r.try_get("spec").map_err(db)?;
+            serde_json::from_str(&spec).map_err(corrupt)
+        })
+        .collect()
+}
+
+pub(crate) async fn delete_template(store: &Store, name: &str) -> Result<bool> {
+    let name = name.to_string();
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                let r = sqlx::query("DELETE FROM cmp_templates WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(db)?;
+                Ok(r.rows_affected() > 0)
+            })
+        })
+        .await
+}
