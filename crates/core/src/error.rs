@@ -58,6 +58,12 @@ codes! {
     PayloadTooLarge = "payload_too_large", 413, "The request body exceeds the configured limit.";
     UnsupportedMediaType = "unsupported_media_type", 415, "The request body must be application/json.";
     NoCapableAgent = "no_capable_agent", 422, "No live agent declares the capability (submit with allow_unroutable to queue anyway).";
+    // Memory layer (L3).
+    InvalidFilter = "invalid_filter", 400, "A memory filter names an unknown field or operator, or is malformed.";
+    MemoryTooLarge = "memory_too_large", 413, "The text to remember exceeds the memory layer's size limit.";
+    HandoffDecided = "handoff_decided", 409, "The handoff has already been accepted or rejected.";
+    ExtractorFailed = "extractor_failed", 502, "The configured fact extractor (a chat model) failed or answered unreadably.";
+    EmbedderFailed = "embedder_failed", 502, "The configured embedding provider failed or answered unreadably.";
     Unavailable = "unavailable", 503, "The store is unreachable or the server is shutting down.";
     Internal = "internal", 500, "An unexpected error; the server log has details.";
 }
