@@ -14,7 +14,8 @@
 //!   (where one lives or works, one's name, age, favourites, likes and dislikes)
 //!   give the fact a *slot key*, so a later statement with the same key
 //!   supersedes it, and retractions ("I no longer live in Oslo") retire it;
-//! - filler (greetings, one-word answers) is dropped.
+//! - filler (greetings, one-word answers) and questions are dropped; a
+//!   sentence opening with a pronoun stays with the one before it.
 
 use futures::future::BoxFuture;
 use strata_core::Result;
@@ -83,12 +84,34 @@ pub fn rule_facts(turns: &[Turn], observed_at: i64) -> Vec<Fact> {
     let mut out = Vec::new();
     for turn in turns {
         let speaker = display_name(&turn.speaker);
-        for sentence in sentences(&turn.text) {
+        for sentence in units(&turn.text) {
             if let Some(f) = fact_of(&speaker, &sentence, observed_at)
                 && !out.iter().any(|o: &Fact| o.text == f.text)
             {
                 out.push(f);
             }
+        }
+    }
+    out
+}
+
+/// Words that open a sentence leaning on the one before ("It was great.").
+const LEANING: &[&str] = &[
+    "it", "that", "this", "they", "these", "those", "he", "she", "its", "there", "which",
+];
+
+/// Sentences, with each one that opens with a pronoun joined to the one before
+/// it, so a fact stays self-contained without coreference resolution.
+pub fn units(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in sentences(text) {
+        let first = term::words(&s).into_iter().next().unwrap_or_default();
+        match out.last_mut() {
+            Some(prev) if LEANING.contains(&first.as_str()) => {
+                prev.push(' ');
+                prev.push_str(&s);
+            }
+            _ => out.push(s),
         }
     }
     out
@@ -711,7 +734,9 @@ fn slot_of(speaker: &str, sentence: &str) -> Option<(String, bool, Relation)> {
 
 fn fact_of(speaker: &str, sentence: &str, observed_at: i64) -> Option<Fact> {
     let slot = slot_of(speaker, sentence);
-    if slot.is_none() && is_filler(sentence) {
+    // A question asks for a fact; it states none.
+    let question = sentence.trim_end_matches(['"', '\'', ')', ' ']).ends_with('?');
+    if slot.is_none() && (question || is_filler(sentence)) {
         return None;
     }
     let mut text = third_person(speaker, sentence);
@@ -828,6 +853,19 @@ mod tests {
             "Caroline went to a LGBTQ support group yesterday and it was so powerful (7 May 2023)."
         );
         assert!(f[0].relations.iter().any(|r| r.subject == "LGBTQ"));
+    }
+
+    #[test]
+    fn questions_are_dropped_and_pronoun_sentences_stay_with_their_antecedent() {
+        let f = facts(
+            "Mel",
+            "I signed up for a pottery class. It is like therapy for me. Do you paint?",
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].text,
+            "Mel signed up for a pottery class. It is like therapy for Mel."
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod suite {
+    #[cfg(feature = "bert")]
+    mod bert;
     mod chat;
     pub(crate) mod harness;
     mod scenarios;
