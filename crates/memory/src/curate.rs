@@ -27,6 +27,10 @@ use crate::{Memory, term};
 const NEAR_JACCARD: f32 = 0.85;
 const NEAR_COSINE: f32 = 0.95;
 
+/// Facts planned earlier in the same batch, not yet in the index:
+/// (hash, scope and slot key, memory id, text).
+pub(crate) type Planned = Vec<(String, Option<String>, String, String)>;
+
 /// What one fact will do.
 #[derive(Debug, Clone)]
 pub(crate) enum Step {
@@ -52,11 +56,15 @@ pub(crate) enum Step {
 }
 
 /// Decides, from the index, what each fact of an add does.
-pub(crate) fn plan(idx: &Index, c: &Checked, facts: Vec<Fact>, vectors: Vec<Option<Vec<f32>>>) -> Vec<Step> {
-    let scope = c.scope.filter();
+pub(crate) fn plan(
+    idx: &Index,
+    planned: &mut Planned,
+    c: &Checked,
+    facts: Vec<Fact>,
+    vectors: Vec<Option<Vec<f32>>>,
+) -> Vec<Step> {
+    let scope = c.scope.key();
     let mut steps: Vec<Step> = Vec::new();
-    // Facts of this add already planned: (hash, slot, memory id, text).
-    let mut planned: Vec<(String, Option<String>, String, String)> = Vec::new();
     for (fact, vector) in facts.into_iter().zip(vectors) {
         let hash = c.scope.hash(&fact.text);
         if let Some((_, _, id, text)) = planned.iter().find(|p| p.0 == hash) {
@@ -66,26 +74,23 @@ pub(crate) fn plan(idx: &Index, c: &Checked, facts: Vec<Fact>, vectors: Vec<Opti
             });
             continue;
         }
-        let same = idx
-            .eligible(crate::index::At::Now, &crate::Viewer::All, &scope)
-            .into_iter()
-            .map(|i| idx.entry(i))
-            .find(|r| r.hash == hash)
-            .map(|r| (r.memory_id.clone(), r.memory.clone()));
-        if let Some((memory_id, memory)) = same {
-            steps.push(Step::None { memory_id, memory });
+        if let Some(r) = idx.open_with_hash(&hash) {
+            steps.push(Step::None {
+                memory_id: r.memory_id.clone(),
+                memory: r.memory.clone(),
+            });
             continue;
         }
         if let Some(key) = fact.key.clone() {
+            let scoped = format!("{scope}\u{0}{key}");
             let holder = planned
                 .iter()
                 .rev()
-                .find(|p| p.1.as_deref() == Some(key.as_str()))
+                .find(|p| p.1.as_deref() == Some(scoped.as_str()))
                 .map(|p| (p.2.clone(), p.3.clone()))
                 .or_else(|| {
-                    idx.with_slot(&scope, &key)
-                        .first()
-                        .map(|&i| (idx.entry(i).memory_id.clone(), idx.entry(i).memory.clone()))
+                    idx.open_with_slot(&scope, &key)
+                        .map(|r| (r.memory_id.clone(), r.memory.clone()))
                 });
             match holder {
                 Some((memory_id, previous)) if fact.retract => {
@@ -101,7 +106,7 @@ pub(crate) fn plan(idx: &Index, c: &Checked, facts: Vec<Fact>, vectors: Vec<Opti
                     continue;
                 }
                 Some((memory_id, previous)) => {
-                    planned.push((hash, Some(key), memory_id.clone(), fact.text.clone()));
+                    planned.push((hash, Some(scoped), memory_id.clone(), fact.text.clone()));
                     steps.push(Step::Update {
                         memory_id,
                         previous,
@@ -116,7 +121,6 @@ pub(crate) fn plan(idx: &Index, c: &Checked, facts: Vec<Fact>, vectors: Vec<Opti
         let near = idx
             .nearest(&scope, &fact.text, vector.as_deref(), 5)
             .into_iter()
-            .map(|i| idx.entry(i))
             .find(|r| {
                 term::jaccard(&r.memory, &fact.text) >= NEAR_JACCARD
                     || matches!((&vector, &r.embedding), (Some(a), Some(b)) if crate::embed::dot(a, b) >= NEAR_COSINE)
@@ -133,7 +137,8 @@ pub(crate) fn plan(idx: &Index, c: &Checked, facts: Vec<Fact>, vectors: Vec<Opti
             fact.key = None;
             fact.retract = false;
         }
-        planned.push((hash, fact.key.clone(), memory_id.clone(), fact.text.clone()));
+        let scoped = fact.key.as_ref().map(|k| format!("{scope}\u{0}{k}"));
+        planned.push((hash, scoped, memory_id.clone(), fact.text.clone()));
         steps.push(Step::Add {
             memory_id,
             fact,
@@ -154,84 +159,52 @@ fn links(fact: &Fact) -> Vec<(String, String, String)> {
     out
 }
 
-/// Runs a plan inside one write; returns the changes as they were applied.
-pub(crate) async fn apply(m: &Memory, c: Checked, steps: Vec<Step>) -> Result<Vec<Change>> {
+/// Runs the plans of a batch of adds inside one write; returns the changes as applied.
+pub(crate) async fn apply(m: &Memory, plans: Vec<(Checked, Vec<Step>)>) -> Result<Vec<Vec<Change>>> {
     let now = m.now();
     let model = m.embed_model();
     m.store()
         .write(move |conn| {
             Box::pin(async move {
-                let mut out = Vec::new();
-                for step in steps {
-                    let change = match step {
-                        Step::Add {
-                            memory_id,
-                            fact,
-                            vector,
-                        } => add(conn, &c, now, &model, memory_id, fact, vector).await?,
-                        Step::Update {
-                            memory_id,
-                            previous,
-                            fact,
-                            vector,
-                        } => match store::open_version(conn, &memory_id).await? {
-                            Some((old, version, valid_from)) => {
-                                let created = store::created_at(conn, &memory_id).await?.unwrap_or(now);
-                                let valid_to = c.observed_at.max(valid_from);
-                                store::close_version(conn, &old, valid_to, now, "UPDATE").await?;
-                                let v = new_version(
-                                    &c,
-                                    now,
-                                    &model,
-                                    memory_id.clone(),
-                                    version + 1,
-                                    "UPDATE",
-                                    &fact,
-                                    vector,
-                                    created,
-                                    valid_to,
-                                );
-                                store::insert_version(conn, &v).await?;
-                                if let Some(s) = &c.source {
-                                    store::add_source(
-                                        conn,
-                                        &memory_id,
-                                        &v.version_id,
+                let mut all = Vec::with_capacity(plans.len());
+                for (c, steps) in plans {
+                    let mut out = Vec::new();
+                    for step in steps {
+                        let change = match step {
+                            Step::Add {
+                                memory_id,
+                                fact,
+                                vector,
+                            } => add(conn, &c, now, &model, memory_id, fact, vector).await?,
+                            Step::Update {
+                                memory_id,
+                                previous,
+                                fact,
+                                vector,
+                            } => match store::open_version(conn, &memory_id).await? {
+                                Some((old, version, valid_from)) => {
+                                    let created = store::created_at(conn, &memory_id).await?.unwrap_or(now);
+                                    let valid_to = c.observed_at.max(valid_from);
+                                    store::close_version(conn, &old, valid_to, now, "UPDATE").await?;
+                                    let v = new_version(
+                                        &c,
+                                        now,
+                                        &model,
+                                        memory_id.clone(),
+                                        version + 1,
                                         "UPDATE",
-                                        s,
-                                        c.observed_at,
-                                        now,
-                                    )
-                                    .await?;
-                                }
-                                Change {
-                                    id: memory_id,
-                                    memory: fact.text,
-                                    event: Event::Update,
-                                    previous_memory: Some(previous),
-                                }
-                            }
-                            None => {
-                                add(conn, &c, now, &model, Id::new("mem").to_string(), fact, vector).await?
-                            }
-                        },
-                        Step::Delete { memory_id, previous } => {
-                            match store::open_version(conn, &memory_id).await? {
-                                Some((old, _, valid_from)) => {
-                                    store::close_version(
-                                        conn,
-                                        &old,
-                                        c.observed_at.max(valid_from),
-                                        now,
-                                        "DELETE",
-                                    )
-                                    .await?;
+                                        &fact,
+                                        vector,
+                                        created,
+                                        valid_to,
+                                    );
+                                    store::insert_version(conn, &v).await?;
                                     if let Some(s) = &c.source {
                                         store::add_source(
                                             conn,
                                             &memory_id,
-                                            &old,
-                                            "DELETE",
+                                            &v.version_id,
+                                            "UPDATE",
                                             s,
                                             c.observed_at,
                                             now,
@@ -240,37 +213,74 @@ pub(crate) async fn apply(m: &Memory, c: Checked, steps: Vec<Step>) -> Result<Ve
                                     }
                                     Change {
                                         id: memory_id,
-                                        memory: previous,
-                                        event: Event::Delete,
-                                        previous_memory: None,
+                                        memory: fact.text,
+                                        event: Event::Update,
+                                        previous_memory: Some(previous),
                                     }
                                 }
-                                None => Change {
+                                None => {
+                                    add(conn, &c, now, &model, Id::new("mem").to_string(), fact, vector)
+                                        .await?
+                                }
+                            },
+                            Step::Delete { memory_id, previous } => {
+                                match store::open_version(conn, &memory_id).await? {
+                                    Some((old, _, valid_from)) => {
+                                        store::close_version(
+                                            conn,
+                                            &old,
+                                            c.observed_at.max(valid_from),
+                                            now,
+                                            "DELETE",
+                                        )
+                                        .await?;
+                                        if let Some(s) = &c.source {
+                                            store::add_source(
+                                                conn,
+                                                &memory_id,
+                                                &old,
+                                                "DELETE",
+                                                s,
+                                                c.observed_at,
+                                                now,
+                                            )
+                                            .await?;
+                                        }
+                                        Change {
+                                            id: memory_id,
+                                            memory: previous,
+                                            event: Event::Delete,
+                                            previous_memory: None,
+                                        }
+                                    }
+                                    None => Change {
+                                        id: memory_id,
+                                        memory: previous,
+                                        event: Event::None,
+                                        previous_memory: None,
+                                    },
+                                }
+                            }
+                            Step::None { memory_id, memory } => {
+                                if let (Some(s), Some((open, _, _))) =
+                                    (&c.source, store::open_version(conn, &memory_id).await?)
+                                {
+                                    store::add_source(conn, &memory_id, &open, "NONE", s, c.observed_at, now)
+                                        .await?;
+                                }
+                                Change {
                                     id: memory_id,
-                                    memory: previous,
+                                    memory,
                                     event: Event::None,
                                     previous_memory: None,
-                                },
+                                }
                             }
-                        }
-                        Step::None { memory_id, memory } => {
-                            if let (Some(s), Some((open, _, _))) =
-                                (&c.source, store::open_version(conn, &memory_id).await?)
-                            {
-                                store::add_source(conn, &memory_id, &open, "NONE", s, c.observed_at, now)
-                                    .await?;
-                            }
-                            Change {
-                                id: memory_id,
-                                memory,
-                                event: Event::None,
-                                previous_memory: None,
-                            }
-                        }
-                    };
-                    out.push(change);
+                        };
+                        out.push(change);
+                    }
+                    all.push(out);
                 }
-                Ok::<_, Error>(out)
+                Ok::<_, Error>(all)
             })
         })
         .await

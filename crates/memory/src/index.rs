@@ -121,6 +121,12 @@ pub(crate) struct Index {
     /// The model whose vectors are usable; vectors of another model are ignored.
     model: Option<String>,
     pending_links: HashMap<String, Vec<LinkRow>>,
+    /// Every version of each scope (by scope key).
+    scopes: HashMap<String, Vec<u32>>,
+    /// Open versions by content hash (the hash covers the scope).
+    open_hash: HashMap<String, u32>,
+    /// Open versions by (scope key, slot key).
+    open_slot: HashMap<(String, String), u32>,
 }
 
 impl Index {
@@ -156,8 +162,19 @@ impl Index {
                 e.row.valid_to = row.valid_to;
                 e.row.closed_at = row.closed_at;
                 e.row.closed_by = row.closed_by.take();
-                if row.valid_to.is_some() && self.open.get(&e.row.memory_id) == Some(&i) {
-                    self.open.remove(&e.row.memory_id);
+                if row.valid_to.is_some() {
+                    if self.open.get(&e.row.memory_id) == Some(&i) {
+                        self.open.remove(&e.row.memory_id);
+                    }
+                    if self.open_hash.get(&e.row.hash) == Some(&(i as u32)) {
+                        self.open_hash.remove(&e.row.hash);
+                    }
+                    if let Some(slot) = &e.row.slot {
+                        let key = (e.row.scope.clone(), slot.clone());
+                        if self.open_slot.get(&key) == Some(&(i as u32)) {
+                            self.open_slot.remove(&key);
+                        }
+                    }
                 }
                 continue;
             }
@@ -204,7 +221,12 @@ impl Index {
             }
             if row.valid_to.is_none() {
                 self.open.insert(row.memory_id.clone(), i);
+                self.open_hash.insert(row.hash.clone(), idx);
+                if let Some(slot) = &row.slot {
+                    self.open_slot.insert((row.scope.clone(), slot.clone()), idx);
+                }
             }
+            self.scopes.entry(row.scope.clone()).or_default().push(idx);
             self.by_version.insert(row.version_id.clone(), i);
             self.entries.push(Entry {
                 row,
@@ -332,32 +354,67 @@ impl Index {
         out
     }
 
-    /// The open versions nearest to `text` in one scope, for reconciliation: the
-    /// best lexical matches and, with a vector, the best dense ones.
-    pub(crate) fn nearest(&self, filter: &Filter, text: &str, vec: Option<&[f32]>, k: usize) -> Vec<u32> {
-        let eligible = self.eligible(At::Now, &Viewer::All, filter);
-        let signals = self.signals(&eligible, text, vec);
-        let mut by_lex: Vec<(u32, f32)> = signals.iter().map(|(&d, s)| (d, s.lexical)).collect();
+    /// The open version with exactly this content hash (which covers the scope).
+    pub(crate) fn open_with_hash(&self, hash: &str) -> Option<&VersionRow> {
+        self.open_hash.get(hash).map(|&i| &self.entries[i as usize].row)
+    }
+
+    /// The open version of a scope holding a slot key.
+    pub(crate) fn open_with_slot(&self, scope: &str, slot: &str) -> Option<&VersionRow> {
+        self.open_slot
+            .get(&(scope.to_string(), slot.to_string()))
+            .map(|&i| &self.entries[i as usize].row)
+    }
+
+    /// The open versions of one scope nearest to `text`, for reconciliation: the
+    /// `k` best lexical matches and, with a vector, the `k` best dense ones.
+    pub(crate) fn nearest(&self, scope: &str, text: &str, vec: Option<&[f32]>, k: usize) -> Vec<&VersionRow> {
+        let Some(members) = self.scopes.get(scope) else {
+            return Vec::new();
+        };
+        let open = |i: u32| self.entries[i as usize].row.valid_to.is_none();
+        let n = self.entries.len().max(1) as f32;
+        let avg = (self.total_len as f32 / n).max(1.0);
+        let mut lex: HashMap<u32, f32> = HashMap::new();
+        let mut seen = HashSet::new();
+        for t in term::terms(text) {
+            let Some(&id) = self.vocab.get(&t) else { continue };
+            if !seen.insert(id) {
+                continue;
+            }
+            let post = &self.postings[id as usize];
+            let df = post.len() as f32;
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            for &(doc, tf) in post {
+                let e = &self.entries[doc as usize];
+                if e.row.scope != scope || !open(doc) {
+                    continue;
+                }
+                let tf = tf as f32;
+                *lex.entry(doc).or_default() +=
+                    idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * e.len as f32 / avg));
+            }
+        }
+        let mut by_lex: Vec<(u32, f32)> = lex.into_iter().collect();
         by_lex.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut out: Vec<u32> = by_lex.iter().filter(|x| x.1 > 0.0).take(k).map(|x| x.0).collect();
-        if vec.is_some() {
-            let mut by_vec: Vec<(u32, f32)> = signals.iter().map(|(&d, s)| (d, s.vector)).collect();
+        let mut out: Vec<u32> = by_lex.into_iter().take(k).map(|x| x.0).collect();
+        if let Some(q) = vec {
+            let mut by_vec: Vec<(u32, f32)> = members
+                .iter()
+                .filter(|&&i| open(i))
+                .filter_map(|&i| {
+                    let v = self.entries[i as usize].row.embedding.as_ref()?;
+                    Some((i, embed::dot(q, v)))
+                })
+                .collect();
             by_vec.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            for (d, _) in by_vec.into_iter().filter(|x| x.1 > 0.0).take(k) {
+            for (d, _) in by_vec.into_iter().take(k) {
                 if !out.contains(&d) {
                     out.push(d);
                 }
             }
         }
-        out
-    }
-
-    /// Open versions in one scope with this slot key.
-    pub(crate) fn with_slot(&self, scope_filter: &Filter, slot: &str) -> Vec<u32> {
-        self.eligible(At::Now, &Viewer::All, scope_filter)
-            .into_iter()
-            .filter(|&i| self.entries[i as usize].row.slot.as_deref() == Some(slot))
-            .collect()
+        out.into_iter().map(|i| &self.entries[i as usize].row).collect()
     }
 
     /// Versions that lack a vector of the current model (to embed after a model change).

@@ -246,27 +246,6 @@ impl Scope {
         serde_json::json!([self.user_id, self.agent_id, self.run_id]).to_string()
     }
 
-    /// A filter matching exactly this scope.
-    pub(crate) fn filter(&self) -> Filter {
-        let one = |field: Field, v: &Option<String>| match v {
-            Some(v) => Filter::Cmp {
-                field,
-                op: Op::Eq,
-                value: Value::from(v.clone()),
-            },
-            None => Filter::Not(Box::new(Filter::Cmp {
-                field,
-                op: Op::Exists,
-                value: Value::Null,
-            })),
-        };
-        Filter::And(vec![
-            one(Field::UserId, &self.user_id),
-            one(Field::AgentId, &self.agent_id),
-            one(Field::RunId, &self.run_id),
-        ])
-    }
-
     pub(crate) fn hash(&self, text: &str) -> String {
         let mut h = Sha256::new();
         h.update(self.key().as_bytes());
@@ -425,8 +404,8 @@ impl Memory {
         Ok(out.pop().unwrap_or(AddResponse { results: Vec::new() }))
     }
 
-    /// Several adds, applied in order, with one batch of embeddings for all their
-    /// facts (faster ingestion); each add still sees the ones before it.
+    /// Several adds, planned in order (each sees the ones before it) and applied
+    /// in one write, with one batch of embeddings for all their facts.
     pub async fn add_many(&self, reqs: Vec<AddRequest>, viewer: &Viewer) -> Result<Vec<AddResponse>> {
         let checked = reqs
             .iter()
@@ -455,22 +434,29 @@ impl Memory {
         }
         let texts: Vec<String> = facts.iter().flatten().map(|f| f.text.clone()).collect();
         let mut vectors = self.embed_texts(&texts).await?.map(Vec::into_iter);
-        let mut out = Vec::with_capacity(checked.len());
-        for (c, fs) in checked.into_iter().zip(facts) {
-            let vecs: Vec<Option<Vec<f32>>> = fs
-                .iter()
-                .map(|_| vectors.as_mut().and_then(Iterator::next))
-                .collect();
-            self.sync().await?;
-            let plan = {
-                let idx = self.read_index()?;
-                curate::plan(&idx, &c, fs, vecs)
-            };
-            let results = curate::apply(self, c, plan).await?;
-            out.push(AddResponse { results });
-        }
         self.sync().await?;
-        Ok(out)
+        let plans = {
+            let idx = self.read_index()?;
+            let mut planned = curate::Planned::new();
+            checked
+                .into_iter()
+                .zip(facts)
+                .map(|(c, fs)| {
+                    let vecs: Vec<Option<Vec<f32>>> = fs
+                        .iter()
+                        .map(|_| vectors.as_mut().and_then(Iterator::next))
+                        .collect();
+                    let steps = curate::plan(&idx, &mut planned, &c, fs, vecs);
+                    (c, steps)
+                })
+                .collect::<Vec<_>>()
+        };
+        let results = curate::apply(self, plans).await?;
+        self.sync().await?;
+        Ok(results
+            .into_iter()
+            .map(|results| AddResponse { results })
+            .collect())
     }
 
     fn item(&self, row: &VersionRow, sources: &[&SourceRow]) -> MemoryItem {

@@ -121,6 +121,7 @@ pub(crate) struct VersionRow {
     pub event: String,
     pub memory: String,
     pub hash: String,
+    pub scope: String,
     pub user_id: Option<String>,
     pub agent_id: Option<String>,
     pub run_id: Option<String>,
@@ -136,7 +137,7 @@ pub(crate) struct VersionRow {
     pub closed_by: Option<String>,
 }
 
-const VERSION_COLUMNS: &str = "version_id, memory_id, version, seq, event, memory, hash, user_id, agent_id, run_id, \
+const VERSION_COLUMNS: &str = "version_id, memory_id, version, seq, event, memory, hash, scope, user_id, agent_id, run_id, \
      metadata, slot, embedding, embed_model, valid_from, valid_to, recorded_at, created_at, closed_at, closed_by";
 
 fn version_row(r: &sqlx::any::AnyRow) -> Result<VersionRow> {
@@ -150,6 +151,7 @@ fn version_row(r: &sqlx::any::AnyRow) -> Result<VersionRow> {
         event: r.try_get("event").map_err(db)?,
         memory: r.try_get("memory").map_err(db)?,
         hash: r.try_get("hash").map_err(db)?,
+        scope: r.try_get("scope").map_err(db)?,
         user_id: r.try_get("user_id").map_err(db)?,
         agent_id: r.try_get("agent_id").map_err(db)?,
         run_id: r.try_get("run_id").map_err(db)?,
