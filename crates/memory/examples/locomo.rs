@@ -163,17 +163,7 @@ impl TurnIndex {
 
 fn embedder(models: Option<String>) -> Option<Arc<dyn Embedder>> {
     let dir = models.or_else(|| std::env::var("STRATA_MODELS_DIR").ok())?;
-    #[cfg(feature = "bert")]
-    {
-        let path = strata_memory::bert::locate(std::path::Path::new(&dir))?;
-        match strata_memory::bert::BertEmbedder::load(&path) {
-            Ok(e) => return Some(Arc::new(e)),
-            Err(e) => eprintln!("warning: could not load the model from {}: {e}", path.display()),
-        }
-    }
-    #[cfg(not(feature = "bert"))]
-    eprintln!("warning: --models {dir} ignored: built without the `bert` feature");
-    None
+    strata_memory::builtin_embedder(std::path::Path::new(&dir))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

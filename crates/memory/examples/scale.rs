@@ -99,19 +99,7 @@ fn memory_text(i: usize) -> String {
 
 fn embedder(models: Option<String>) -> Option<Arc<dyn Embedder>> {
     let dir = models.or_else(|| std::env::var("STRATA_MODELS_DIR").ok())?;
-    #[cfg(feature = "bert")]
-    {
-        let path = strata_memory::bert::locate(std::path::Path::new(&dir))?;
-        return strata_memory::bert::BertEmbedder::load(&path)
-            .map(|e| Arc::new(e) as Arc<dyn Embedder>)
-            .map_err(|e| eprintln!("warning: {e}"))
-            .ok();
-    }
-    #[cfg(not(feature = "bert"))]
-    {
-        eprintln!("warning: --models {dir} ignored: built without the `bert` feature");
-        None
-    }
+    strata_memory::builtin_embedder(std::path::Path::new(&dir))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

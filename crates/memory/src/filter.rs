@@ -160,6 +160,12 @@ fn bad(why: impl Into<String>) -> Error {
 pub trait Subject {
     /// The value of `field`, if the memory has one (times as epoch milliseconds).
     fn field(&self, field: &Field) -> Option<Value>;
+
+    /// The value of `field` when it is a string held as one (a fast path that
+    /// spares building a JSON value); `None` means "ask [`Subject::field`]".
+    fn text(&self, _field: &Field) -> Option<Option<&str>> {
+        None
+    }
 }
 
 impl Filter {
@@ -191,7 +197,20 @@ impl Filter {
             Filter::And(fs) => fs.iter().all(|f| f.matches(s)),
             Filter::Or(fs) => fs.iter().any(|f| f.matches(s)),
             Filter::Not(f) => !f.matches(s),
-            Filter::Cmp { field, op, value } => compare(s.field(field).as_ref(), *op, value),
+            Filter::Cmp { field, op, value } => {
+                if let (Some(actual), Op::Eq | Op::Ne | Op::Exists, Value::String(_) | Value::Null) =
+                    (s.text(field), op, value)
+                {
+                    return match (op, actual) {
+                        (Op::Exists, a) => a.is_some(),
+                        (Op::Eq, Some(a)) => value.as_str() == Some(a),
+                        (Op::Eq, None) => false,
+                        (_, Some(a)) => value.as_str() != Some(a),
+                        (_, None) => true,
+                    };
+                }
+                compare(s.field(field).as_ref(), *op, value)
+            }
         }
     }
 

@@ -57,6 +57,16 @@ impl Viewer {
 }
 
 impl Subject for VersionRow {
+    fn text(&self, field: &Field) -> Option<Option<&str>> {
+        match field {
+            Field::UserId => Some(self.user_id.as_deref()),
+            Field::AgentId => Some(self.agent_id.as_deref()),
+            Field::RunId => Some(self.run_id.as_deref()),
+            Field::Id => Some(Some(self.memory_id.as_str())),
+            _ => None,
+        }
+    }
+
     fn field(&self, field: &Field) -> Option<Value> {
         match field {
             Field::UserId => self.user_id.clone().map(Value::from),
@@ -289,7 +299,10 @@ impl Index {
         query: &str,
         query_vec: Option<&[f32]>,
     ) -> HashMap<u32, Signals> {
-        let allowed: HashSet<u32> = eligible.iter().copied().collect();
+        let mut allowed = vec![false; self.entries.len()];
+        for &i in eligible {
+            allowed[i as usize] = true;
+        }
         let mut out: HashMap<u32, Signals> = HashMap::new();
         // Lexical: BM25 over every version (idf from all of them).
         let n = self.entries.len().max(1) as f32;
@@ -304,7 +317,7 @@ impl Index {
             let df = post.len() as f32;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
             for &(doc, tf) in post {
-                if !allowed.contains(&doc) {
+                if !allowed[doc as usize] {
                     continue;
                 }
                 let len = self.entries[doc as usize].len as f32;
@@ -346,7 +359,7 @@ impl Index {
         }
         for (&e, &w) in &reach {
             for &doc in &self.entity_entries[e as usize] {
-                if allowed.contains(&doc) {
+                if allowed[doc as usize] {
                     out.entry(doc).or_default().graph += w;
                 }
             }

@@ -57,6 +57,37 @@ use strata_core::time::Clock;
 use strata_core::{Error, Result};
 use strata_store::Store;
 
+/// The built-in embedding model from `models_dir`, if this build has it (feature
+/// `bert`) and the folder holds it; otherwise `None`, with a warning saying why,
+/// and the layer recalls without vectors.
+pub fn builtin_embedder(models_dir: &std::path::Path) -> Option<Arc<dyn Embedder>> {
+    #[cfg(feature = "bert")]
+    {
+        let Some(dir) = bert::locate(models_dir) else {
+            tracing::warn!(
+                dir = %models_dir.display(),
+                "memory: no embedding model in the models folder (run crates/memory/scripts/fetch-model)"
+            );
+            return None;
+        };
+        match bert::BertEmbedder::load(&dir) {
+            Ok(e) => Some(Arc::new(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "memory: the embedding model did not load");
+                None
+            }
+        }
+    }
+    #[cfg(not(feature = "bert"))]
+    {
+        tracing::warn!(
+            dir = %models_dir.display(),
+            "memory: built without the `bert` feature; no built-in embedding model"
+        );
+        None
+    }
+}
+
 /// Limits and weights of the memory layer.
 #[derive(Debug, Clone)]
 pub struct Config {
