@@ -81,6 +81,12 @@ codes! {
     UnknownTemplate = "unknown_template", 404, "No sandbox template has this name.";
     SandboxUnavailable = "sandbox_unavailable", 503, "Sandboxes cannot be started on this host (namespaces, cgroups or the init program are missing).";
     // --- end compute layer ---
+    // Memory layer (L3).
+    InvalidFilter = "invalid_filter", 400, "A memory filter names an unknown field or operator, or is malformed.";
+    MemoryTooLarge = "memory_too_large", 413, "The text to remember exceeds the memory layer's size limit.";
+    HandoffDecided = "handoff_decided", 409, "The handoff has already been accepted or rejected.";
+    ExtractorFailed = "extractor_failed", 502, "The configured fact extractor (a chat model) failed or answered unreadably.";
+    EmbedderFailed = "embedder_failed", 502, "The configured embedding provider failed or answered unreadably.";
     Unavailable = "unavailable", 503, "The store is unreachable or the server is shutting down.";
     Internal = "internal", 500, "An unexpected error; the server log has details.";
 }

@@ -479,6 +479,12 @@ async fn every_documented_code_has_a_test_here() {
         "sandbox_stopped",
         "unknown_template",
         "sandbox_unavailable",
+        // crates/memory/tests
+        "invalid_filter",
+        "memory_too_large",
+        "handoff_decided",
+        "extractor_failed",
+        "embedder_failed",
     ];
     for c in strata_core::ErrorCode::ALL {
         assert!(
