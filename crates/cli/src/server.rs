@@ -98,7 +98,7 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     let store = Store::open(Options::new(&url), strata_kernel::MIGRATIONS)
         .await
         .with_context(|| format!("cannot open the store at {}", redact(&url)))?;
-    let kernel = Kernel::new(store, Config::new(master_key));
+    let kernel = Kernel::new(store, Config::new(master_key)).await?;
     kernel.spawn_background();
     let token_path = dir.join("admin.token");
     let made = kernel
