@@ -61,6 +61,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("server failed")?;
     running.kernel.stop_fleet().await;
+    // Stops the tool upstreams' processes and writes the last call-log rows.
+    running.kernel.tools().shutdown().await;
     running.kernel.store().close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
