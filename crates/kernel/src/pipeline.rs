@@ -118,7 +118,7 @@ impl Kernel {
         let spec = &entry.spec;
         let mutates = spec.effect.mutates();
         let request_digest = if mutates {
-            digest(format!("{}\n{}", spec.name, req.input).as_bytes())
+            digest(format!("{}\n{}", spec.name, self.digestible(spec.name, &req.input)).as_bytes())
         } else {
             String::new()
         };
@@ -171,6 +171,21 @@ impl Kernel {
                 self.audit_refusal(&call, spec.resource, &e).await;
                 Err(e)
             }
+        }
+    }
+
+    /// The request as its digest covers it. A secret's value is replaced by a
+    /// digest keyed with the master key, so the digest in the audit log and the
+    /// intents cannot be used to guess the value offline.
+    fn digestible<'v>(&self, syscall: &str, input: &'v Value) -> std::borrow::Cow<'v, Value> {
+        match input.get("value").and_then(Value::as_str) {
+            Some(v) if syscall == "secret.set" => {
+                let mut copy = input.clone();
+                let keyed = digest(format!("{}\n{v}", self.inner.master_key.to_hex()).as_bytes());
+                copy["value"] = Value::String(keyed);
+                std::borrow::Cow::Owned(copy)
+            }
+            _ => std::borrow::Cow::Borrowed(input),
         }
     }
 

@@ -442,3 +442,28 @@ async fn malformed_and_oversized_upstream_answers_are_502s() {
         .await
         .problem(502, "upstream_too_large");
 }
+
+#[tokio::test]
+async fn the_audited_digest_of_a_secret_set_is_keyed_so_the_value_cannot_be_guessed_from_it() {
+    let app = App::new().await;
+    let body = json!({"name": "k", "value": "1234"});
+    app.post("/v1/secrets", &app.admin, &body).await.expect(200);
+    let audit = app.audit().await;
+    let entry = audit
+        .iter()
+        .find(|e| e["syscall"] == "secret.set")
+        .expect("secret.set is audited");
+    let unkeyed = strata_governance::digest(format!("secret.set\n{body}").as_bytes());
+    assert_ne!(entry["request_digest"], unkeyed.as_str());
+    // The same request still replays under its idempotency key.
+    let call = || {
+        crate::harness::Call::new(axum::http::Method::POST, "/v1/secrets")
+            .token(&app.admin)
+            .key("set-1")
+            .json(&body)
+    };
+    app.send(call()).await.expect(200);
+    let again = app.send(call()).await;
+    again.expect(200);
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+}
