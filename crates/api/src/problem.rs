@@ -20,13 +20,16 @@ pub fn problem_response(e: &Error) -> Response {
     } else {
         e.detail.clone()
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "type": format!("{TYPE_BASE}{}", e.code),
         "title": e.code.title(),
         "status": e.status(),
         "detail": detail,
         "code": e.code.as_str(),
     });
+    if let Some(ms) = e.retry_after_ms {
+        body["retry_after_ms"] = ms.into();
+    }
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, body.to_string()).into_response();
     let headers = resp.headers_mut();
@@ -34,6 +37,10 @@ pub fn problem_response(e: &Error) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    if let Some(ms) = e.retry_after_ms {
+        // Retry-After counts whole seconds; round up so a client never retries early.
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+    }
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }

@@ -13,6 +13,7 @@ mod api {
     mod idempotency;
     mod ops;
     mod tasks;
+    mod tools;
 }
 
 pub(crate) use api::harness;

@@ -9,6 +9,7 @@ mod fleet;
 mod output;
 mod server;
 mod task;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,6 +103,15 @@ enum Command {
     /// List and settle escalated tasks.
     #[command(subcommand)]
     Escalation(fleet::EscalationCommand),
+    /// Store, list and remove the tool gateway's secrets.
+    #[command(subcommand)]
+    Secret(tools::SecretCommand),
+    /// Register, list, sync and remove tool connections (MCP servers, OpenAPI services).
+    #[command(subcommand)]
+    Connection(tools::ConnectionCommand),
+    /// List and call upstream tools.
+    #[command(subcommand)]
+    Tool(tools::ToolCommand),
 }
 
 /// How the client reaches a server.
@@ -173,6 +183,9 @@ fn main() -> ExitCode {
                 conn,
             } => fleet::logs(name, replica, tail, follow, conn).await,
             Command::Escalation(cmd) => fleet::escalation(cmd).await,
+            Command::Secret(cmd) => tools::secret(cmd).await,
+            Command::Connection(cmd) => tools::connection(cmd).await,
+            Command::Tool(cmd) => tools::tool(cmd).await,
         }
     });
     match result {

@@ -61,6 +61,8 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("server failed")?;
     running.kernel.stop_fleet().await;
+    // Stops the tool upstreams' processes and writes the last call-log rows.
+    running.kernel.tools().shutdown().await;
     running.kernel.store().close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -98,7 +100,7 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     let store = Store::open(Options::new(&url), strata_kernel::MIGRATIONS)
         .await
         .with_context(|| format!("cannot open the store at {}", redact(&url)))?;
-    let kernel = Kernel::new(store, Config::new(master_key));
+    let kernel = Kernel::new(store, Config::new(master_key)).await?;
     kernel.spawn_background();
     let token_path = dir.join("admin.token");
     let made = kernel

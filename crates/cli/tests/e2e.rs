@@ -474,6 +474,18 @@ fn every_subcommand_has_help() {
         &["task", "list"],
         &["task", "cancel"],
         &["task", "watch"],
+        &["secret"],
+        &["secret", "set"],
+        &["secret", "ls"],
+        &["secret", "rm"],
+        &["connection"],
+        &["connection", "add"],
+        &["connection", "ls"],
+        &["connection", "sync"],
+        &["connection", "rm"],
+        &["tool"],
+        &["tool", "ls"],
+        &["tool", "call"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();

@@ -105,6 +105,9 @@ pub struct Error {
     pub code: ErrorCode,
     /// A sentence about this occurrence, naming the field or id at fault.
     pub detail: String,
+    /// For refusals that pass (`rate_limited`, `circuit_open`): how long to wait
+    /// before retrying, in ms. Adapters send it as `Retry-After`.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Error {
@@ -113,7 +116,14 @@ impl Error {
         Error {
             code,
             detail: detail.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// The same error, telling the caller to retry after `ms` milliseconds.
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
     }
 
     /// `not_found` for a resource `kind` with `id`.

@@ -24,7 +24,7 @@ pub mod syscalls;
 
 pub use hooks::{BudgetHook, NoBudget, NoMeter, UsageMeter};
 pub use pipeline::{Reply, Request};
-pub use registry::{Action, Cx, Each, Entry, Handler, Registry, WriteOp};
+pub use registry::{Action, Cx, Each, Entry, ExternalRun, Handler, Registry, WriteOp};
 
 use std::sync::Arc;
 
@@ -33,12 +33,14 @@ use strata_governance::{Policy, ScopePolicy};
 use strata_identity::Identity;
 use strata_orchestrator::Orchestrator;
 use strata_store::{Migration, Store};
+use strata_tools::Tools;
 
 /// Every layer's migrations, in dependency order.
 pub const MIGRATIONS: &[&[Migration]] = &[
     strata_governance::MIGRATIONS,
     strata_identity::MIGRATIONS,
     strata_orchestrator::MIGRATIONS,
+    strata_tools::MIGRATIONS,
 ];
 
 /// How to build a kernel.
@@ -55,12 +57,16 @@ pub struct Config {
     pub meter: Arc<dyn UsageMeter>,
     /// Orchestrator tunables (lease lengths, steal delay).
     pub orchestrator: strata_orchestrator::Config,
+    /// Tool-gateway tunables (rates, timeouts, caps). Its master key and clock
+    /// are replaced by the kernel's.
+    pub tools: strata_tools::Config,
 }
 
 impl Config {
     /// Defaults: the wall clock, scope policy, no budgets, no metering.
     pub fn new(master_key: MasterKey) -> Config {
         Config {
+            tools: strata_tools::Config::new(master_key.clone()),
             master_key,
             clock: Arc::new(SystemClock),
             policy: Arc::new(ScopePolicy),
@@ -83,6 +89,7 @@ struct Inner {
     master_key: MasterKey,
     identity: Identity,
     orchestrator: Orchestrator,
+    tools: Tools,
     policy: Arc<dyn Policy>,
     budget: Arc<dyn BudgetHook>,
     meter: Arc<dyn UsageMeter>,
@@ -93,12 +100,17 @@ struct Inner {
 }
 
 impl Kernel {
-    /// A kernel over an opened store (opened with [`MIGRATIONS`]).
-    pub fn new(store: Store, config: Config) -> Kernel {
+    /// A kernel over an opened store (opened with [`MIGRATIONS`]); loads the
+    /// tool gateway's catalog and grants.
+    pub async fn new(store: Store, config: Config) -> strata_core::Result<Kernel> {
         let registry = syscalls::registry();
         store.set_tail(Arc::new(pipeline::Logs));
         let metrics = metrics::Metrics::new(&registry);
-        Kernel {
+        let mut tools_config = config.tools;
+        tools_config.master_key = config.master_key.clone();
+        tools_config.clock = config.clock.clone();
+        let tools = Tools::open(store.clone(), tools_config).await?;
+        Ok(Kernel {
             inner: Arc::new(Inner {
                 orchestrator: Orchestrator::new(
                     store.clone(),
@@ -107,6 +119,7 @@ impl Kernel {
                     config.clock.clone(),
                 ),
                 identity: Identity::new(store.clone(), config.clock.clone(), config.master_key.clone()),
+                tools,
                 master_key: config.master_key,
                 store,
                 clock: config.clock,
@@ -118,7 +131,7 @@ impl Kernel {
                 tokens: auth::TokenCache::default(),
                 metrics,
             }),
-        }
+        })
     }
 
     /// The declared syscalls.
@@ -139,6 +152,11 @@ impl Kernel {
     /// The orchestration layer.
     pub fn orchestrator(&self) -> &Orchestrator {
         &self.inner.orchestrator
+    }
+
+    /// The tool gateway.
+    pub fn tools(&self) -> &Tools {
+        &self.inner.tools
     }
 
     /// The managed agents this server runs.

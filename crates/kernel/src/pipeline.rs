@@ -5,12 +5,12 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use strata_core::{Error, ErrorCode, Id, Principal, Result};
-use strata_governance::{AuditDraft, audit, digest, idempotency};
+use strata_governance::{AuditDraft, audit, digest, idempotency, intent};
 use strata_store::event::{self, NewEvent};
 use strata_store::{AnyConnection, Tail, TailItem};
 
 use crate::Kernel;
-use crate::registry::{Action, Cx, Each, Entry, WriteOp};
+use crate::registry::{Action, Cx, Each, Entry, ExternalRun, WriteOp};
 
 /// A call as an adapter received it.
 #[derive(Debug, Clone)]
@@ -118,7 +118,7 @@ impl Kernel {
         let spec = &entry.spec;
         let mutates = spec.effect.mutates();
         let request_digest = if mutates {
-            digest(format!("{}\n{}", spec.name, req.input).as_bytes())
+            digest(format!("{}\n{}", spec.name, self.digestible(spec.name, &req.input)).as_bytes())
         } else {
             String::new()
         };
@@ -166,10 +166,26 @@ impl Kernel {
                 self.commit(&call, op).await
             }
             Ok(Action::WriteEach { op }) => self.commit(&call, op).await,
+            Ok(Action::External { resource, run }) => self.run_external(&call, resource, run).await,
             Err(e) => {
                 self.audit_refusal(&call, spec.resource, &e).await;
                 Err(e)
             }
+        }
+    }
+
+    /// The request as its digest covers it. A secret's value is replaced by a
+    /// digest keyed with the master key, so the digest in the audit log and the
+    /// intents cannot be used to guess the value offline.
+    fn digestible<'v>(&self, syscall: &str, input: &'v Value) -> std::borrow::Cow<'v, Value> {
+        match input.get("value").and_then(Value::as_str) {
+            Some(v) if syscall == "secret.set" => {
+                let mut copy = input.clone();
+                let keyed = digest(format!("{}\n{v}", self.inner.master_key.to_hex()).as_bytes());
+                copy["value"] = Value::String(keyed);
+                std::borrow::Cow::Owned(copy)
+            }
+            _ => std::borrow::Cow::Borrowed(input),
         }
     }
 
@@ -295,6 +311,105 @@ impl Kernel {
                 Err(e.into())
             }
         }
+    }
+
+    /// Runs an external effect: its intent commits durably before the effect
+    /// starts, so a crash in between leaves a `pending` intent naming it; the
+    /// outcome, the idempotency record (for a success), the audit entry and the
+    /// event then commit together. A failed effect is audited with its code and
+    /// records no idempotency answer, so a retry with the same key runs again.
+    async fn run_external(
+        &self,
+        call: &Call<'_>,
+        resource: String,
+        run: ExternalRun<Value>,
+    ) -> Result<Reply> {
+        let spec = call.entry.spec;
+        let intent_id = Id::new("int").to_string();
+        let principal = call.cx.principal.audit_name();
+        {
+            let (id, who, digest) = (intent_id.clone(), principal.clone(), call.request_digest.clone());
+            let now = call.cx.now;
+            self.inner
+                .store
+                .write(move |c| {
+                    Box::pin(async move { intent::begin(c, &id, &who, spec.name, &digest, now).await })
+                })
+                .await?;
+        }
+        let result = run.await;
+        let now = self.now();
+        let (outcome, status) = match &result {
+            Ok(_) => ("ok".to_string(), spec.status),
+            Err(e) => (e.code.as_str().to_string(), e.status()),
+        };
+        let idem = match (&result, &call.key) {
+            (Ok(body), Some(key)) => Some((
+                call.cx.principal.idempotency_scope(),
+                key.clone(),
+                idempotency::Record {
+                    syscall: spec.name.to_string(),
+                    request_hash: call.request_digest.clone(),
+                    status: spec.status,
+                    response: hex::encode(self.inner.master_key.seal(body.to_string().as_bytes())),
+                },
+            )),
+            _ => None,
+        };
+        let draft = AuditDraft {
+            at: now,
+            principal,
+            syscall: spec.name.to_string(),
+            resource,
+            intent_id: intent_id.clone(),
+            outcome: outcome.clone(),
+            status,
+            request_digest: call.request_digest.clone(),
+        };
+        let written: Result<(), WriteError> = self
+            .inner
+            .store
+            .write_logged(move |c| {
+                Box::pin(async move {
+                    intent::finish(c, &intent_id, &outcome, now).await?;
+                    if let Some((scope, key, rec)) = idem {
+                        idempotency::record(c, &scope, &key, &rec, now)
+                            .await
+                            .map_err(|e| {
+                                if e.is_unique_violation() {
+                                    WriteError::KeyTaken
+                                } else {
+                                    WriteError::Store(e)
+                                }
+                            })?;
+                    }
+                    let logs: Vec<TailItem> = vec![Box::new(draft)];
+                    Ok(((), logs))
+                })
+            })
+            .await;
+        match written {
+            Ok(()) => {}
+            Err(WriteError::KeyTaken) => {
+                // A concurrent call with the same key finished first: both ran
+                // the effect, and the caller gets the first one's answer.
+                let key = call.key.as_deref().unwrap_or_default();
+                return self
+                    .replay(call, key)
+                    .await?
+                    .ok_or_else(|| Error::internal("idempotency record vanished after a key conflict"));
+            }
+            Err(WriteError::Layer(e)) => return Err(e),
+            Err(WriteError::Store(e)) => {
+                tracing::error!(syscall = spec.name, error = %e, "the outcome of an external effect was not recorded");
+                return Err(e.into());
+            }
+        }
+        result.map(|body| Reply {
+            status: spec.status,
+            body,
+            replayed: false,
+        })
     }
 
     /// Audits a mutating call that was refused after authentication. Malformed

@@ -39,7 +39,20 @@ pub enum Action<R> {
         /// The effect.
         op: WriteOp<Each<R>>,
     },
+    /// An effect outside the kernel's transaction (an upstream call, or a layer
+    /// that commits its own rows) on `resource`: the kernel commits an intent
+    /// before `run` starts, then the outcome, idempotency record, audit entry and
+    /// event in one transaction after it ends.
+    External {
+        /// The id of the resource the effect touches.
+        resource: String,
+        /// The effect.
+        run: ExternalRun<R>,
+    },
 }
+
+/// An external effect, run outside the writer.
+pub type ExternalRun<R> = BoxFuture<'static, Result<R>>;
 
 /// What a batch effect returns: its answer and the resources it changed.
 pub struct Each<R> {
@@ -51,6 +64,17 @@ pub struct Each<R> {
 }
 
 impl<R> Action<R> {
+    /// An external effect on `resource`.
+    pub fn external<F>(resource: impl Into<String>, run: F) -> Action<R>
+    where
+        F: Future<Output = Result<R>> + Send + 'static,
+    {
+        Action::External {
+            resource: resource.into(),
+            run: Box::pin(run),
+        }
+    }
+
     /// A write on `resource`.
     pub fn write<F>(resource: impl Into<String>, op: F) -> Action<R>
     where
@@ -163,6 +187,9 @@ fn erased<S: Handler>(
             Action::Write { resource, op } => Action::write(resource, move |c| {
                 Box::pin(async move { op(c).await.and_then(to_json) })
             }),
+            Action::External { resource, run } => {
+                Action::external(resource, async move { run.await.and_then(to_json) })
+            }
             Action::WriteEach { op } => Action::WriteEach {
                 op: Box::new(move |c| {
                     Box::pin(async move {

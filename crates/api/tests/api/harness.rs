@@ -203,6 +203,11 @@ impl App {
 
     /// A fresh app with `options`.
     pub(crate) async fn with_options(options: strata_api::Options) -> App {
+        App::with(options, |_| {}).await
+    }
+
+    /// A fresh app with `options`, its kernel configured by `configure`.
+    pub(crate) async fn with(options: strata_api::Options, configure: impl FnOnce(&mut Config)) -> App {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = strata_store::Store::open(
             strata_store::Options::new(strata_store::sqlite_url(dir.path())),
@@ -213,7 +218,8 @@ impl App {
         let clock = Arc::new(ManualClock::new(START_MS));
         let mut config = Config::new(MasterKey::generate());
         config.clock = clock.clone();
-        let kernel = Kernel::new(store, config);
+        configure(&mut config);
+        let kernel = Kernel::new(store, config).await.expect("the kernel opens");
         let mut admin = String::new();
         let made = kernel
             .bootstrap_admin_token(|t| {

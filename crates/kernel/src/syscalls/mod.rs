@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod supervise;
 pub mod task;
 pub mod token;
+pub mod tools;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -53,6 +54,20 @@ pub(crate) fn registry() -> Registry {
     r.add::<fleet::GetDeployment>();
     r.add::<fleet::DeleteDeployment>();
     r.add::<fleet::DeploymentLogs>();
+    r.add::<tools::SetSecret>();
+    r.add::<tools::ListSecrets>();
+    r.add::<tools::RemoveSecret>();
+    r.add::<tools::AddConnection>();
+    r.add::<tools::ListConnections>();
+    r.add::<tools::GetConnection>();
+    r.add::<tools::SyncConnection>();
+    r.add::<tools::RemoveConnection>();
+    r.add::<tools::AddGrant>();
+    r.add::<tools::ListGrants>();
+    r.add::<tools::RevokeGrant>();
+    r.add::<tools::ListUpstreamTools>();
+    r.add::<tools::CallTool>();
+    r.add::<tools::ListToolCalls>();
     r
 }
 

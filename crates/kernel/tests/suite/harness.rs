@@ -43,7 +43,7 @@ impl Harness {
         let master_key = MasterKey::generate();
         let mut config = Config::new(master_key);
         config.clock = clock.clone();
-        let kernel = Kernel::new(store, config);
+        let kernel = Kernel::new(store, config).await.unwrap();
         let mut admin = String::new();
         let made = kernel
             .bootstrap_admin_token(|t| {

@@ -87,7 +87,7 @@ async fn only_the_leading_server_runs_managed_agents_and_another_takes_over(b: B
         .unwrap();
     let mut config = Config::new(MasterKey::generate());
     config.clock = h.clock.clone();
-    let other = Kernel::new(store, config);
+    let other = Kernel::new(store, config).await.unwrap();
     h.call(
         &h.admin,
         "fleet.apply",

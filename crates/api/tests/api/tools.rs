@@ -1,0 +1,469 @@
+//! The tool gateway over HTTP: secrets, connections, grants, tools and calls,
+//! against the reference `server-everything` MCP server over stdio.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::harness::App;
+
+const SECRET: &str = "hunter2-not-for-anyone-8c1f";
+
+/// `node` and the `server-everything` entry script (installed by `npm ci` in
+/// crates/tools/tests/upstreams).
+fn everything_command() -> (String, String) {
+    let script = std::env::var_os("STRATA_TOOLS_UPSTREAMS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/tests/upstreams"))
+        .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        script.exists(),
+        "\n\n*** server-everything is not installed: run `npm ci` in crates/tools/tests/upstreams (CI does). ***\n\n"
+    );
+    ("node".into(), script.display().to_string())
+}
+
+fn everything(name: &str, env: Value) -> Value {
+    let (cmd, script) = everything_command();
+    json!({"name": name, "upstream": {"kind": "mcp_stdio", "command": cmd, "args": [script, "stdio"], "env": env}})
+}
+
+async fn connect(app: &App, spec: &Value) -> Value {
+    let r = app.post("/v1/connections", &app.admin, spec).await;
+    r.expect(201);
+    r.json()
+}
+
+fn names(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_secret_value_never_leaves_the_server() {
+    let app = App::new().await;
+    let set = app
+        .post(
+            "/v1/secrets",
+            &app.admin,
+            &json!({"name": "api_key", "value": SECRET, "description": "for the upstream"}),
+        )
+        .await;
+    set.expect(200);
+    assert_eq!(set.json()["name"], "api_key");
+    assert_eq!(set.json()["version"], 1);
+    let mut seen = vec![set.text()];
+    let conn = connect(&app, &everything("ev", json!({"API_KEY": {"secret": "api_key"}}))).await;
+    assert_eq!(conn["secrets"], json!(["api_key"]));
+    seen.push(conn.to_string());
+    let call = app
+        .post(
+            "/v1/tools/ev.echo/call",
+            &app.admin,
+            &json!({"arguments": {"message": "hello"}}),
+        )
+        .await;
+    call.expect(200);
+    seen.push(call.text());
+    for uri in [
+        "/v1/secrets",
+        "/v1/connections",
+        "/v1/connections/ev",
+        "/v1/audit?limit=1000",
+        "/v1/events?limit=1000",
+        "/v1/tool-calls",
+        "/openapi.json",
+    ] {
+        let r = app.get(uri, &app.admin).await;
+        r.expect(200);
+        seen.push(r.text());
+    }
+    for body in &seen {
+        assert!(!body.contains(SECRET), "the secret value leaked: {body}");
+    }
+    // The secret is listed, by name only.
+    let list = app.get("/v1/secrets", &app.admin).await.json();
+    assert_eq!(names(&list), ["api_key"]);
+    assert!(list["items"][0].get("value").is_none());
+}
+
+#[tokio::test]
+async fn an_agent_without_a_grant_sees_no_tools_and_is_forbidden_to_call() {
+    let app = App::new().await;
+    connect(&app, &everything("ev", json!({}))).await;
+    let agent = app.agent("worker").await;
+    let list = app.get("/v1/tools", &agent.token).await;
+    list.expect(200);
+    assert!(names(&list.json()).is_empty(), "{}", list.text());
+    let r = app
+        .post(
+            "/v1/tools/ev.echo/call",
+            &agent.token,
+            &json!({"arguments": {"message": "hi"}}),
+        )
+        .await;
+    r.problem(403, "forbidden");
+    // An unknown tool is refused the same way, so grants cannot be probed.
+    let r = app
+        .post("/v1/tools/ev.nothing/call", &agent.token, &json!({}))
+        .await;
+    r.problem(403, "forbidden");
+    // Operators see every tool.
+    let all = names(&app.get("/v1/tools", &app.admin).await.json());
+    assert!(all.contains(&"ev.echo".to_string()), "{all:?}");
+}
+
+#[tokio::test]
+async fn a_granted_agent_lists_searches_and_calls_and_sees_only_its_own_calls() {
+    let app = App::new().await;
+    connect(&app, &everything("ev", json!({}))).await;
+    let worker = app
+        .agent_with(json!({"name": "worker", "labels": {"team": "blue"}}))
+        .await;
+    let other = app.agent("other").await;
+    let g = app
+        .post(
+            "/v1/grants",
+            &app.admin,
+            &json!({"subject": {"label": {"key": "team", "value": "blue"}}, "tools": "ev.echo"}),
+        )
+        .await;
+    g.expect(201);
+    let grant_id = g.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        names(&app.get("/v1/tools", &worker.token).await.json()),
+        ["ev.echo"]
+    );
+    assert_eq!(
+        names(&app.get("/v1/tools?query=echo", &worker.token).await.json()),
+        ["ev.echo"]
+    );
+    assert!(names(&app.get("/v1/tools?query=zzz", &worker.token).await.json()).is_empty());
+    let r = app
+        .post(
+            "/v1/tools/ev.echo/call",
+            &worker.token,
+            &json!({"arguments": {"message": "over http"}}),
+        )
+        .await;
+    r.expect(200);
+    let out = r.json();
+    assert_eq!(out["tool"], "ev.echo");
+    assert_eq!(out["is_error"], false);
+    assert!(out["result"].to_string().contains("over http"), "{out}");
+    // The worker sees its call; the other agent sees none and may not ask for the worker's.
+    let mine = app.get("/v1/tool-calls", &worker.token).await.json();
+    assert_eq!(mine["items"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(mine["items"][0]["agent"], worker.id.as_str());
+    let theirs = app.get("/v1/tool-calls", &other.token).await.json();
+    assert_eq!(theirs["items"], json!([]));
+    app.get(&format!("/v1/tool-calls?agent={}", worker.id), &other.token)
+        .await
+        .problem(403, "forbidden");
+    // The call is audited under an intent that was recorded before it ran.
+    let audit = app.audit().await;
+    let entry = audit
+        .iter()
+        .find(|e| e["syscall"] == "tool.call")
+        .expect("tool.call is audited");
+    assert_eq!(entry["outcome"], "ok");
+    assert_eq!(entry["resource"], "ev.echo");
+    // Revoking the grant takes the tool away at once.
+    app.delete(&format!("/v1/grants/{grant_id}"), &app.admin)
+        .await
+        .expect(200);
+    assert!(names(&app.get("/v1/tools", &worker.token).await.json()).is_empty());
+    app.post(
+        "/v1/tools/ev.echo/call",
+        &worker.token,
+        &json!({"arguments": {"message": "again"}}),
+    )
+    .await
+    .problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn an_agent_may_not_manage_secrets_connections_or_grants() {
+    let app = App::new().await;
+    let agent = app.agent("worker").await;
+    for (method, uri, body) in [
+        ("POST", "/v1/secrets", json!({"name": "x", "value": "y"})),
+        ("GET", "/v1/secrets", json!(null)),
+        ("GET", "/v1/connections", json!(null)),
+        (
+            "POST",
+            "/v1/grants",
+            json!({"subject": {"agent": agent.id}, "tools": "*"}),
+        ),
+        ("GET", "/v1/grants", json!(null)),
+    ] {
+        let r = if method == "POST" {
+            app.post(uri, &agent.token, &body).await
+        } else {
+            app.get(uri, &agent.token).await
+        };
+        r.problem(403, "forbidden");
+    }
+}
+
+#[tokio::test]
+async fn arguments_that_do_not_match_the_schema_are_invalid_arguments() {
+    let app = App::new().await;
+    connect(&app, &everything("ev", json!({}))).await;
+    let r = app
+        .post(
+            "/v1/tools/ev.echo/call",
+            &app.admin,
+            &json!({"arguments": {"message": 42}}),
+        )
+        .await;
+    let detail = r.problem(400, "invalid_arguments");
+    assert!(detail.contains("message"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_connection_with_a_bad_url_is_invalid_connection() {
+    let app = App::new().await;
+    let r = app
+        .post(
+            "/v1/connections",
+            &app.admin,
+            &json!({"name": "web", "upstream": {"kind": "mcp_http", "url": "ftp://127.0.0.1/mcp"}}),
+        )
+        .await;
+    r.problem(400, "invalid_connection");
+    assert_eq!(
+        app.get("/v1/connections", &app.admin).await.json()["items"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn a_connection_naming_a_missing_secret_is_unknown_secret() {
+    let app = App::new().await;
+    let r = app
+        .post(
+            "/v1/connections",
+            &app.admin,
+            &everything("ev", json!({"API_KEY": {"secret": "nope"}})),
+        )
+        .await;
+    let detail = r.problem(422, "unknown_secret");
+    assert!(detail.contains("nope"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_referenced_secret_cannot_be_removed_until_its_connection_goes() {
+    let app = App::new().await;
+    app.post("/v1/secrets", &app.admin, &json!({"name": "k", "value": SECRET}))
+        .await
+        .expect(200);
+    connect(&app, &everything("ev", json!({"API_KEY": {"secret": "k"}}))).await;
+    let detail = app
+        .delete("/v1/secrets/k", &app.admin)
+        .await
+        .problem(409, "secret_in_use");
+    assert!(detail.contains("ev"), "{detail}");
+    app.delete("/v1/connections/ev", &app.admin).await.expect(200);
+    app.delete("/v1/secrets/k", &app.admin).await.expect(200);
+    assert_eq!(
+        app.get("/v1/secrets", &app.admin).await.json()["items"],
+        json!([])
+    );
+    // The refusal and both removals are audited.
+    let outcomes: Vec<(String, String)> = app
+        .audit()
+        .await
+        .iter()
+        .filter(|e| e["syscall"] == "secret.remove")
+        .map(|e| (e["resource"].to_string(), e["outcome"].to_string()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("\"k\"".to_string(), "\"secret_in_use\"".to_string()),
+            ("\"k\"".to_string(), "\"ok\"".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_agent_over_its_rate_gets_429_with_retry_after() {
+    let app = App::with(strata_api::Options::default(), |c| {
+        c.tools.agent_rate = strata_tools::Rate {
+            burst: 2,
+            per_second: 1,
+        };
+    })
+    .await;
+    connect(&app, &everything("ev", json!({}))).await;
+    let agent = app.agent("worker").await;
+    app.post(
+        "/v1/grants",
+        &app.admin,
+        &json!({"subject": {"agent": agent.id}, "tools": "ev.*"}),
+    )
+    .await
+    .expect(201);
+    let body = json!({"arguments": {"message": "x"}});
+    app.post("/v1/tools/ev.echo/call", &agent.token, &body)
+        .await
+        .expect(200);
+    app.post("/v1/tools/ev.echo/call", &agent.token, &body)
+        .await
+        .expect(200);
+    let r = app.post("/v1/tools/ev.echo/call", &agent.token, &body).await;
+    r.problem(429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["retry_after_ms"], 1000);
+}
+
+#[tokio::test]
+async fn an_upstream_that_cannot_start_is_upstream_failed_and_not_registered() {
+    let app = App::new().await;
+    let r = app
+        .post(
+            "/v1/connections",
+            &app.admin,
+            &json!({"name": "nope", "upstream": {"kind": "mcp_stdio", "command": "/nonexistent/binary"}}),
+        )
+        .await;
+    r.problem(502, "upstream_failed");
+    assert_eq!(
+        app.get("/v1/connections", &app.admin).await.json()["items"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_call_with_one_idempotency_key_runs_once() {
+    let app = App::new().await;
+    connect(&app, &everything("ev", json!({}))).await;
+    let call = || {
+        crate::harness::Call::new(axum::http::Method::POST, "/v1/tools/ev.echo/call")
+            .token(&app.admin)
+            .key("call-1")
+            .json(&json!({"arguments": {"message": "once"}}))
+    };
+    let first = app.send(call()).await;
+    first.expect(200);
+    let again = app.send(call()).await;
+    again.expect(200);
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(first.json(), again.json());
+    let calls = app.get("/v1/tool-calls", &app.admin).await.json();
+    assert_eq!(calls["items"].as_array().map(Vec::len), Some(1), "{calls}");
+}
+
+#[tokio::test]
+async fn connection_sync_reports_no_change_for_an_unchanged_upstream() {
+    let app = App::new().await;
+    connect(&app, &everything("ev", json!({}))).await;
+    let r = app.post("/v1/connections/ev/sync", &app.admin, &json!({})).await;
+    r.expect(200);
+    let report = r.json();
+    assert_eq!(report["connection"], "ev");
+    assert_eq!(report["added"], json!([]));
+    assert_eq!(report["removed"], json!([]));
+    app.get("/v1/connections/nope", &app.admin)
+        .await
+        .problem(404, "not_found");
+}
+
+fn hostile(name: &str, extra: Value) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/tests/upstreams/hostile_mcp.py");
+    let mut spec = json!({"name": name, "upstream": {"kind": "mcp_stdio", "command": "python3",
+        "args": [script.display().to_string()]}});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    spec
+}
+
+#[tokio::test]
+async fn a_stalling_upstream_is_upstream_timeout_and_its_intent_is_pending_meanwhile() {
+    let app = App::new().await;
+    connect(&app, &hostile("h", json!({"timeout_ms": 1500}))).await;
+    let router = app.router.clone();
+    let admin = app.admin.clone();
+    let stalled = tokio::spawn(async move {
+        crate::harness::send(
+            &router,
+            crate::harness::Call::new(axum::http::Method::POST, "/v1/tools/h.stall/call")
+                .token(&admin)
+                .json(&json!({}))
+                .build(),
+        )
+        .await
+    });
+    // While the upstream stalls, the call's intent is recorded and unfinished.
+    let mut pending = Vec::new();
+    for _ in 0..100 {
+        pending = strata_governance::intent::pending(app.kernel.store())
+            .await
+            .expect("pending intents");
+        if !pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].syscall, "tool.call");
+    let r = stalled.await.expect("the call ends");
+    r.problem(504, "upstream_timeout");
+    // Afterwards the intent is finished and the audit entry carries its id.
+    assert!(
+        strata_governance::intent::pending(app.kernel.store())
+            .await
+            .expect("pending intents")
+            .is_empty()
+    );
+    let audit = app.audit().await;
+    let entry = audit
+        .iter()
+        .find(|e| e["syscall"] == "tool.call")
+        .expect("the call is audited");
+    assert_eq!(entry["outcome"], "upstream_timeout");
+    assert_eq!(entry["intent_id"], pending[0].id.as_str());
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_upstream_answers_are_502s() {
+    let app = App::new().await;
+    connect(&app, &hostile("h", json!({"max_response_bytes": 65536}))).await;
+    app.post("/v1/tools/h.garbage/call", &app.admin, &json!({}))
+        .await
+        .problem(502, "upstream_malformed");
+    app.post("/v1/tools/h.huge/call", &app.admin, &json!({}))
+        .await
+        .problem(502, "upstream_too_large");
+}
+
+#[tokio::test]
+async fn the_audited_digest_of_a_secret_set_is_keyed_so_the_value_cannot_be_guessed_from_it() {
+    let app = App::new().await;
+    let body = json!({"name": "k", "value": "1234"});
+    app.post("/v1/secrets", &app.admin, &body).await.expect(200);
+    let audit = app.audit().await;
+    let entry = audit
+        .iter()
+        .find(|e| e["syscall"] == "secret.set")
+        .expect("secret.set is audited");
+    let unkeyed = strata_governance::digest(format!("secret.set\n{body}").as_bytes());
+    assert_ne!(entry["request_digest"], unkeyed.as_str());
+    // The same request still replays under its idempotency key.
+    let call = || {
+        crate::harness::Call::new(axum::http::Method::POST, "/v1/secrets")
+            .token(&app.admin)
+            .key("set-1")
+            .json(&body)
+    };
+    app.send(call()).await.expect(200);
+    let again = app.send(call()).await;
+    again.expect(200);
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+}
