@@ -5,8 +5,9 @@
 //! the query string and the JSON body into one request object. Errors leave as
 //! RFC 9457 `application/problem+json` with the kernel's stable `code`. Beside the
 //! syscalls it serves `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and the
-//! SSE form of `/v1/events`.
+//! SSE form of `/v1/events`, and `/mcp`, Strata as an MCP server (see the `mcp` module).
 
+mod mcp;
 pub mod openapi;
 mod ops;
 mod problem;
@@ -23,12 +24,20 @@ use strata_kernel::Kernel;
 pub struct Options {
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Cancelled when the server stops, to end the MCP endpoint's open streams
+    /// (a graceful shutdown would otherwise wait for them).
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Browser origins `/mcp` accepts besides loopback ones (`https://app.example.com:443`,
+    /// `http://host:*`); a request with any other `Origin` is refused.
+    pub mcp_origins: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             max_body_bytes: 1024 * 1024,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            mcp_origins: Vec::new(),
         }
     }
 }
@@ -37,6 +46,7 @@ impl Default for Options {
 pub fn router(kernel: Kernel, options: Options) -> Router {
     route::syscalls(&kernel, &options)
         .merge(ops::router())
+        .merge(mcp::router(kernel.clone(), &options))
         .method_not_allowed_fallback(route::wrong_method)
         .fallback(route::no_route)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

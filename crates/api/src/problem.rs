@@ -12,8 +12,8 @@ pub(crate) fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     problem_response(&Error::internal("a request handler panicked"))
 }
 
-/// Renders `e` as `application/problem+json`. Internal details are logged, not sent.
-pub fn problem_response(e: &Error) -> Response {
+/// The problem document for `e`. Internal details are logged, not sent.
+pub(crate) fn problem_body(e: &Error) -> serde_json::Value {
     let detail = if e.code == ErrorCode::Internal {
         tracing::error!(detail = %e.detail, "internal error");
         "an unexpected error occurred; the server log has details".to_string()
@@ -30,6 +30,12 @@ pub fn problem_response(e: &Error) -> Response {
     if let Some(ms) = e.retry_after_ms {
         body["retry_after_ms"] = ms.into();
     }
+    body
+}
+
+/// Renders `e` as `application/problem+json`. Internal details are logged, not sent.
+pub fn problem_response(e: &Error) -> Response {
+    let body = problem_body(e);
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, body.to_string()).into_response();
     let headers = resp.headers_mut();

@@ -84,6 +84,16 @@ impl Client {
         Ok(Client::new(&conn.url, &token))
     }
 
+    /// The server's URL, without a trailing slash.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token this client sends.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     pub(crate) fn with_token(&self, token: &str) -> Client {
         Client {
             token: token.to_string(),

@@ -47,6 +47,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: 1024 * 1024,
         log_json: false,
         no_reconciler: false,
+        mcp_allowed_origins: Vec::new(),
     };
     let (running, server) = start(&serve).await?;
     let url = running.url();

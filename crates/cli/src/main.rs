@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod demo;
 mod fleet;
+mod mcp;
 mod output;
 mod server;
 mod task;
@@ -112,6 +113,11 @@ enum Command {
     /// List and call upstream tools.
     #[command(subcommand)]
     Tool(tools::ToolCommand),
+    /// Serve Strata's MCP tools over stdio, relayed to the server's /mcp with --token.
+    Mcp {
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// How the client reaches a server.
@@ -186,6 +192,10 @@ fn main() -> ExitCode {
             Command::Secret(cmd) => tools::secret(cmd).await,
             Command::Connection(cmd) => tools::connection(cmd).await,
             Command::Tool(cmd) => tools::tool(cmd).await,
+            Command::Mcp { conn } => {
+                init_logs(false, "warn");
+                mcp::run(conn).await
+            }
         }
     });
     match result {

@@ -25,6 +25,14 @@ pub(crate) struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "STRATA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub(crate) max_body_bytes: usize,
+    /// A browser origin the MCP endpoint accepts besides loopback ones
+    /// (`https://app.example.com:443`; repeatable, or comma-separated in the env).
+    #[arg(
+        long = "mcp-allowed-origin",
+        env = "STRATA_MCP_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub(crate) mcp_allowed_origins: Vec<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub(crate) log_json: bool,
@@ -39,6 +47,8 @@ pub(crate) struct Running {
     pub(crate) addr: SocketAddr,
     pub(crate) kernel: Kernel,
     pub(crate) admin_token: String,
+    /// Cancelled when the server stops: ends the open MCP streams.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
     _lock: std::fs::File,
 }
 
@@ -57,7 +67,13 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.data_dir.join("admin.token").display()
     );
     server
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown({
+            let streams = running.shutdown.clone();
+            async move {
+                shutdown_signal().await;
+                streams.cancel();
+            }
+        })
         .await
         .context("server failed")?;
     running.kernel.stop_fleet().await;
@@ -133,10 +149,13 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
         }
         kernel.spawn_reconciler(format!("http://{local}"));
     }
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let app = strata_api::router(
         kernel.clone(),
         strata_api::Options {
             max_body_bytes: args.max_body_bytes,
+            shutdown: shutdown.clone(),
+            mcp_origins: args.mcp_allowed_origins.clone(),
         },
     );
     let server = axum::serve(listener, app);
@@ -145,6 +164,7 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
             addr,
             kernel,
             admin_token,
+            shutdown,
             _lock: lock,
         },
         server,

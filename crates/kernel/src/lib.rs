@@ -164,6 +164,12 @@ impl Kernel {
         &self.inner.fleet
     }
 
+    /// Whether the policy lets `principal` call the syscall declared by `spec`
+    /// (what an adapter asks to show a caller only what it may call).
+    pub fn permits(&self, principal: &strata_core::Principal, spec: &strata_core::Spec) -> bool {
+        self.inner.policy.authorize(principal, spec).is_ok()
+    }
+
     /// The kernel's clock, read now (epoch ms).
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()

@@ -348,7 +348,11 @@ async fn same_key_with_a_different_body_is_idempotency_key_reused() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_payload_too_large() {
-    let app = App::with_options(strata_api::Options { max_body_bytes: 1024 }).await;
+    let app = App::with_options(strata_api::Options {
+        max_body_bytes: 1024,
+        ..Default::default()
+    })
+    .await;
     // A body of exactly `len` bytes.
     let body = |name: &str, len: usize| {
         let base = json!({"name": name, "capabilities": [{"name": "c", "description": ""}]})

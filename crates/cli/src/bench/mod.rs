@@ -85,6 +85,7 @@ impl Target {
             max_body_bytes: 1024 * 1024,
             log_json: false,
             no_reconciler: false,
+            mcp_allowed_origins: Vec::new(),
         };
         let (running, server) = start(&serve).await?;
         tokio::spawn(async move { server.await });

@@ -187,6 +187,22 @@ impl Syscall for AddConnection {
 
 impl Handler for AddConnection {
     async fn handle(k: &Kernel, _cx: &Cx, req: NewConnection) -> Result<Action<ConnectionInfo>> {
+        // Upstream tools are named `connection.tool` beside the syscalls on the
+        // MCP endpoint, so a connection may not take a syscall's namespace.
+        let prefix = format!("{}.", req.name);
+        if k.registry()
+            .entries()
+            .iter()
+            .any(|e| e.spec.name.starts_with(&prefix))
+        {
+            return Err(Error::invalid(
+                "name",
+                format!(
+                    "'{}' is a syscall namespace; pick another connection name",
+                    req.name
+                ),
+            ));
+        }
         let tools = k.tools().clone();
         Ok(Action::external(req.name.clone(), async move {
             tools.add_connection(req).await
