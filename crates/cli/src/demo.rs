@@ -47,6 +47,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: 1024 * 1024,
         log_json: false,
         no_reconciler: false,
+        models_dir: None,
     };
     let (running, server) = start(&serve).await?;
     let url = running.url();

@@ -85,6 +85,7 @@ impl Target {
             max_body_bytes: 1024 * 1024,
             log_json: false,
             no_reconciler: false,
+            models_dir: None,
         };
         let (running, server) = start(&serve).await?;
         tokio::spawn(async move { server.await });
