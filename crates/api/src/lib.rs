@@ -5,8 +5,10 @@
 //! the query string and the JSON body into one request object. Errors leave as
 //! RFC 9457 `application/problem+json` with the kernel's stable `code`. Beside the
 //! syscalls it serves `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and the
-//! SSE form of `/v1/events`.
+//! SSE form of `/v1/events`, and the Mem0-compatible memory API under
+//! `/compat/mem0`.
 
+mod mem0;
 pub mod openapi;
 mod ops;
 mod problem;
@@ -37,6 +39,7 @@ impl Default for Options {
 pub fn router(kernel: Kernel, options: Options) -> Router {
     route::syscalls(&kernel, &options)
         .merge(ops::router())
+        .merge(mem0::router())
         .method_not_allowed_fallback(route::wrong_method)
         .fallback(route::no_route)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
