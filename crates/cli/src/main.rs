@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod demo;
 mod fleet;
+mod memory;
 mod output;
 mod server;
 mod task;
@@ -112,6 +113,12 @@ enum Command {
     /// List and call upstream tools.
     #[command(subcommand)]
     Tool(tools::ToolCommand),
+    /// Remember, recall, inspect and forget memories.
+    #[command(subcommand)]
+    Memory(memory::MemoryCommand),
+    /// Hand context and open tasks from one agent to another.
+    #[command(subcommand)]
+    Handoff(memory::HandoffCommand),
 }
 
 /// How the client reaches a server.
@@ -186,6 +193,8 @@ fn main() -> ExitCode {
             Command::Secret(cmd) => tools::secret(cmd).await,
             Command::Connection(cmd) => tools::connection(cmd).await,
             Command::Tool(cmd) => tools::tool(cmd).await,
+            Command::Memory(cmd) => memory::memory(cmd).await,
+            Command::Handoff(cmd) => memory::handoff(cmd).await,
         }
     });
     match result {
