@@ -5,9 +5,11 @@
 //! the query string and the JSON body into one request object. Errors leave as
 //! RFC 9457 `application/problem+json` with the kernel's stable `code`. Beside the
 //! syscalls it serves `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and the
-//! SSE form of `/v1/events`, and `/mcp`, Strata as an MCP server (see the `mcp` module).
+//! SSE form of `/v1/events`, `/mcp` (Strata as an MCP server, see the `mcp`
+//! module) and the Mem0-compatible memory API under `/compat/mem0`.
 
 mod mcp;
+mod mem0;
 pub mod openapi;
 mod ops;
 mod problem;
@@ -47,6 +49,7 @@ pub fn router(kernel: Kernel, options: Options) -> Router {
     route::syscalls(&kernel, &options)
         .merge(ops::router())
         .merge(mcp::router(kernel.clone(), &options))
+        .merge(mem0::router())
         .method_not_allowed_fallback(route::wrong_method)
         .fallback(route::no_route)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -48,6 +48,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         log_json: false,
         no_reconciler: false,
         mcp_allowed_origins: Vec::new(),
+        models_dir: None,
     };
     let (running, server) = start(&serve).await?;
     let url = running.url();

@@ -7,6 +7,7 @@ mod client;
 mod demo;
 mod fleet;
 mod mcp;
+mod memory;
 mod output;
 mod server;
 mod task;
@@ -118,6 +119,12 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Remember, recall, inspect and forget memories.
+    #[command(subcommand)]
+    Memory(memory::MemoryCommand),
+    /// Hand context and open tasks from one agent to another.
+    #[command(subcommand)]
+    Handoff(memory::HandoffCommand),
 }
 
 /// How the client reaches a server.
@@ -196,6 +203,8 @@ fn main() -> ExitCode {
                 init_logs(false, "warn");
                 mcp::run(conn).await
             }
+            Command::Memory(cmd) => memory::memory(cmd).await,
+            Command::Handoff(cmd) => memory::handoff(cmd).await,
         }
     });
     match result {

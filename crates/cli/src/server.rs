@@ -40,6 +40,11 @@ pub(crate) struct ServeArgs {
     /// PostgreSQL the one holding the reconciler's leadership runs them.
     #[arg(long, env = "STRATA_NO_RECONCILER")]
     pub(crate) no_reconciler: bool,
+    /// Folder holding the memory layer's embedding model (`all-MiniLM-L6-v2/`,
+    /// fetched by crates/memory/scripts/fetch-model); default `<data-dir>/models`.
+    /// Without it, memory recall is lexical, graph and recency only (a warning says so).
+    #[arg(long, env = "STRATA_MODELS_DIR")]
+    pub(crate) models_dir: Option<PathBuf>,
 }
 
 /// A running server.
@@ -116,7 +121,13 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     let store = Store::open(Options::new(&url), strata_kernel::MIGRATIONS)
         .await
         .with_context(|| format!("cannot open the store at {}", redact(&url)))?;
-    let kernel = Kernel::new(store, Config::new(master_key)).await?;
+    let mut config = Config::new(master_key);
+    let models = args.models_dir.clone().unwrap_or_else(|| dir.join("models"));
+    config.memory.embedder = strata_memory::builtin_embedder(&models);
+    if let Some(e) = &config.memory.embedder {
+        tracing::info!(model = e.model(), dir = %models.display(), "memory: embedding model loaded");
+    }
+    let kernel = Kernel::new(store, config).await?;
     kernel.spawn_background();
     let token_path = dir.join("admin.token");
     let made = kernel

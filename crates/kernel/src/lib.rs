@@ -41,6 +41,7 @@ pub const MIGRATIONS: &[&[Migration]] = &[
     strata_identity::MIGRATIONS,
     strata_orchestrator::MIGRATIONS,
     strata_tools::MIGRATIONS,
+    strata_memory::MIGRATIONS,
 ];
 
 /// How to build a kernel.
@@ -60,6 +61,30 @@ pub struct Config {
     /// Tool-gateway tunables (rates, timeouts, caps). Its master key and clock
     /// are replaced by the kernel's.
     pub tools: strata_tools::Config,
+    /// Memory-layer limits, its extractor, and the embedding model it recalls
+    /// with (none: lexical, graph and recency signals only).
+    pub memory: MemoryConfig,
+}
+
+/// How to build the memory layer.
+#[derive(Clone)]
+pub struct MemoryConfig {
+    /// Limits and weights.
+    pub limits: strata_memory::Config,
+    /// Turns messages into facts (default: the built-in rule extractor).
+    pub extractor: Arc<dyn strata_memory::Extractor>,
+    /// The embedding model, if any (see [`strata_memory::builtin_embedder`]).
+    pub embedder: Option<Arc<dyn strata_memory::Embedder>>,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            limits: strata_memory::Config::default(),
+            extractor: Arc::new(strata_memory::RuleExtractor),
+            embedder: None,
+        }
+    }
 }
 
 impl Config {
@@ -73,6 +98,7 @@ impl Config {
             budget: Arc::new(NoBudget),
             meter: Arc::new(NoMeter),
             orchestrator: strata_orchestrator::Config::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }
@@ -90,6 +116,7 @@ struct Inner {
     identity: Identity,
     orchestrator: Orchestrator,
     tools: Tools,
+    memory: strata_memory::Memory,
     policy: Arc<dyn Policy>,
     budget: Arc<dyn BudgetHook>,
     meter: Arc<dyn UsageMeter>,
@@ -110,6 +137,14 @@ impl Kernel {
         tools_config.master_key = config.master_key.clone();
         tools_config.clock = config.clock.clone();
         let tools = Tools::open(store.clone(), tools_config).await?;
+        let memory = strata_memory::Memory::open(
+            store.clone(),
+            config.clock.clone(),
+            config.memory.extractor,
+            config.memory.embedder,
+            config.memory.limits,
+        )
+        .await?;
         Ok(Kernel {
             inner: Arc::new(Inner {
                 orchestrator: Orchestrator::new(
@@ -120,6 +155,7 @@ impl Kernel {
                 ),
                 identity: Identity::new(store.clone(), config.clock.clone(), config.master_key.clone()),
                 tools,
+                memory,
                 master_key: config.master_key,
                 store,
                 clock: config.clock,
@@ -157,6 +193,11 @@ impl Kernel {
     /// The tool gateway.
     pub fn tools(&self) -> &Tools {
         &self.inner.tools
+    }
+
+    /// The memory layer.
+    pub fn memory(&self) -> &strata_memory::Memory {
+        &self.inner.memory
     }
 
     /// The managed agents this server runs.

@@ -5,13 +5,15 @@
 //! opaque state blob. B lists what is handed to it, then accepts or rejects.
 //! Accepting grants B read access to the handed memories (`mem_grants`) in the
 //! same write. Moving the tasks' ownership is the orchestrator's: the kernel
-//! takes [`Decided::task_ids`] from the accept and transfers them in its own
-//! syscall, auditing both.
+//! runs [`decide_in`] inside its own write and transfers [`Decided::task_ids`]
+//! in the same transaction, auditing the handoff and each task moved.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
+
+use sqlx::AnyConnection;
 
 use crate::Memory;
 use crate::index::Viewer;
@@ -274,44 +276,56 @@ impl Memory {
         accept: bool,
         reason: Option<String>,
     ) -> Result<Decided> {
-        let by = by.to_string();
-        let id = id.to_string();
-        let now = self.now();
-        let row = self
-            .store()
+        let (id, by, now) = (id.to_string(), by.to_string(), self.now());
+        self.store()
             .write(move |conn| {
-                Box::pin(async move {
-                    let h = store::handoff_in(conn, &id)
-                        .await?
-                        .filter(|h| h.to_agent == by || h.from_agent == by)
-                        .ok_or_else(|| Error::not_found("handoff", &id))?;
-                    if h.to_agent != by {
-                        return Err(Error::forbidden(
-                            "only the receiving agent may accept or reject a handoff",
-                        ));
-                    }
-                    let status = if accept { "accepted" } else { "rejected" };
-                    if !store::decide_handoff(conn, &id, status, reason.as_deref(), now).await? {
-                        return Err(Error::new(
-                            ErrorCode::HandoffDecided,
-                            format!("handoff '{id}' is already {}", h.status),
-                        ));
-                    }
-                    if accept {
-                        store::grant(conn, &h.memory_ids, &by, &id, now).await?;
-                    }
-                    store::handoff_in(conn, &id)
-                        .await?
-                        .ok_or_else(|| Error::internal("handoff vanished inside the write"))
-                })
+                Box::pin(async move { decide_in(conn, &id, &by, accept, reason.as_deref(), now).await })
             })
-            .await?;
-        let handoff: Handoff = row.try_into()?;
-        let task_ids = if accept {
-            handoff.task_ids.clone()
-        } else {
-            Vec::new()
-        };
-        Ok(Decided { handoff, task_ids })
+            .await
     }
+}
+
+/// [`Memory::decide_handoff`] inside a caller's write, so the kernel can move
+/// the handoff's tasks in the same transaction: the decision, the memory grants
+/// and the task transfer commit together or not at all.
+pub async fn decide_in(
+    conn: &mut AnyConnection,
+    id: &str,
+    by: &str,
+    accept: bool,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<Decided> {
+    let h = store::handoff_in(conn, id)
+        .await?
+        .filter(|h| h.to_agent == by || h.from_agent == by)
+        .ok_or_else(|| Error::not_found("handoff", id))?;
+    if h.to_agent != by {
+        return Err(Error::forbidden(
+            "only the receiving agent may accept or reject a handoff",
+        ));
+    }
+    if reason.is_some_and(|r| r.len() > 4096) {
+        return Err(Error::invalid("reason", "at most 4096 bytes"));
+    }
+    let status = if accept { "accepted" } else { "rejected" };
+    if !store::decide_handoff(conn, id, status, reason, now).await? {
+        return Err(Error::new(
+            ErrorCode::HandoffDecided,
+            format!("handoff '{id}' is already {}", h.status),
+        ));
+    }
+    if accept {
+        store::grant(conn, &h.memory_ids, by, id, now).await?;
+    }
+    let row = store::handoff_in(conn, id)
+        .await?
+        .ok_or_else(|| Error::internal("handoff vanished inside the write"))?;
+    let handoff: Handoff = row.try_into()?;
+    let task_ids = if accept {
+        handoff.task_ids.clone()
+    } else {
+        Vec::new()
+    };
+    Ok(Decided { handoff, task_ids })
 }

@@ -68,6 +68,7 @@ fn yes() -> bool {
 /// What an add did to one memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
+#[schemars(rename = "MemoryEvent")]
 pub enum Event {
     /// A new memory.
     Add,
@@ -102,6 +103,7 @@ pub struct AddResponse {
 
 /// The parts a search score is fused from (see [`crate::search`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "MemoryScoreParts")]
 pub struct ScoreParts {
     /// BM25, divided by the best BM25 among the hits (0–1).
     pub lexical: f32,

@@ -641,6 +641,52 @@ pub(crate) async fn end_attempt(
     Ok(())
 }
 
+/// Moves open task `id` from agent `from` to agent `to` (inside the writer), as
+/// an accepted handoff does: the task is pinned to `to` (not stealable) and, if
+/// `from` holds its lease, the lease ends (attempt outcome `handed_off`, one more
+/// attempt allowed) and the task is queued again for `to`. Only a task `from`
+/// submitted, is pinned to or holds moves; returns whether it moved (false when
+/// it has finished, is someone else's, or does not exist).
+pub async fn transfer(conn: &mut AnyConnection, id: &str, from: &str, to: &str, now: i64) -> Result<bool> {
+    let Some(r) = sqlx::query(
+        "SELECT state, lease_agent, pinned_agent, submitted_by, attempts FROM orc_tasks WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    else {
+        return Ok(false);
+    };
+    let state = TaskState::parse(&r.try_get::<String, _>(0).map_err(db)?)?;
+    let lease_agent: Option<String> = r.try_get(1).map_err(db)?;
+    let pinned: Option<String> = r.try_get(2).map_err(db)?;
+    let submitted_by: String = r.try_get(3).map_err(db)?;
+    let attempts: i64 = r.try_get(4).map_err(db)?;
+    let mine =
+        submitted_by == from || pinned.as_deref() == Some(from) || lease_agent.as_deref() == Some(from);
+    if state.is_terminal() || !mine {
+        return Ok(false);
+    }
+    if state == TaskState::Leased {
+        end_attempt(conn, id, attempts, "handed_off", None, now).await?;
+    }
+    let extra = i64::from(state == TaskState::Leased);
+    sqlx::query(
+        "UPDATE orc_tasks SET state = 'queued', pinned_agent = $2, stealable = 0, lease_id = NULL,
+         lease_agent = NULL, lease_expires_at = NULL, max_attempts = max_attempts + $3, updated_at = $4
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(to)
+    .bind(extra)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(true)
+}
+
 /// Cancels a task that has not finished (inside the writer).
 pub async fn cancel(conn: &mut AnyConnection, id: &str, now: i64) -> Result<TaskState> {
     let (state, _, _, attempts) = current(conn, id).await?;

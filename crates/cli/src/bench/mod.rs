@@ -1,11 +1,13 @@
 //! `strata bench …`: measurements of a server under load.
 //!
 //! `api` and `tasks` start a server in this process on a fresh data folder (or
-//! target `--url`); `recovery` runs it as a child process so it can kill it.
+//! target `--url`); `recovery` runs it as a child process so it can kill it;
+//! `memory` drives the memory layer in-process over a LoCoMo file.
 //! Client and server share the machine, so figures include the
 //! client's cost and are a floor for what a dedicated server does.
 
 mod api;
+mod memory;
 mod recovery;
 mod tasks;
 
@@ -26,6 +28,9 @@ pub(crate) enum BenchCommand {
     /// Recovery from a SIGKILL under load: restart to ready, re-dispatch of orphaned
     /// tasks, dead-agent detection, and no acknowledged task lost or completed twice.
     Recovery(recovery::RecoveryArgs),
+    /// LoCoMo evidence recall@5/10/25, context tokens per query, search p50/p95 and
+    /// ingest time of the memory layer, beside BM25 over raw turns and full context.
+    Memory(memory::MemoryArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -33,6 +38,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Tasks(args) => tasks::run(args).await,
         BenchCommand::Recovery(args) => recovery::run(args).await,
+        BenchCommand::Memory(args) => memory::run(args).await,
     }
 }
 
@@ -86,6 +92,7 @@ impl Target {
             log_json: false,
             no_reconciler: false,
             mcp_allowed_origins: Vec::new(),
+            models_dir: None,
         };
         let (running, server) = start(&serve).await?;
         tokio::spawn(async move { server.await });

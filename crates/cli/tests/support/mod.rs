@@ -32,6 +32,7 @@ pub(crate) fn strata() -> Command {
         "STRATA_MASTER_KEY",
         "STRATA_LISTEN",
         "STRATA_MAX_BODY_BYTES",
+        "STRATA_MODELS_DIR",
     ] {
         cmd.env_remove(key);
     }

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod audit;
 pub mod event;
 pub mod fleet;
+pub mod memory;
 pub mod supervise;
 pub mod task;
 pub mod token;
@@ -68,6 +69,18 @@ pub(crate) fn registry() -> Registry {
     r.add::<tools::ListUpstreamTools>();
     r.add::<tools::CallTool>();
     r.add::<tools::ListToolCalls>();
+    r.add::<memory::AddMemory>();
+    r.add::<memory::SearchMemories>();
+    r.add::<memory::ListMemories>();
+    r.add::<memory::GetMemory>();
+    r.add::<memory::UpdateMemory>();
+    r.add::<memory::DeleteMemory>();
+    r.add::<memory::MemoryHistory>();
+    r.add::<memory::SendHandoff>();
+    r.add::<memory::ListHandoffs>();
+    r.add::<memory::GetHandoff>();
+    r.add::<memory::AcceptHandoff>();
+    r.add::<memory::RejectHandoff>();
     r
 }
 

@@ -1,8 +1,5 @@
-//! LoCoMo evidence recall: Strata memory against plain BM25 over raw turns and full context.
-//!
-//! ```text
-//! cargo run --release -p strata-memory --example locomo -- FILE [--limit N] [--models DIR] [--json]
-//! ```
+//! `strata bench memory --locomo FILE`: LoCoMo evidence recall of the memory
+//! layer, against plain BM25 over raw turns and the full conversation.
 //!
 //! Each conversation is ingested session by session into a fresh store: every
 //! turn is one add whose `source` is `{"dia_id": …}` and whose `observed_at` is
@@ -10,22 +7,49 @@
 //! conversation's speaker-agnostic scope (`run_id` = the sample id). Reported:
 //! evidence recall@5/10/25 (the share of a question's evidence turns that the
 //! top-k memories link back to through their sources, averaged over questions),
-//! context tokens per query for the top k (whitespace words × 1.3), ingest
-//! throughput, and search latency p50/p95 (query embedding included). The same
-//! figures come for BM25 over the raw turns and for the full conversation.
+//! context tokens per query for the top k (whitespace words × 1.3), ingest time
+//! and throughput, and search latency p50/p95 (query embedding included). The
+//! same figures come for BM25 over the raw turns and for the full conversation.
 //!
-//! With `--features bert` and `--models DIR` (or `STRATA_MODELS_DIR`) holding
-//! all-MiniLM-L6-v2, dense vectors take part; otherwise lexical + graph only.
+//! The layer is driven in-process (no HTTP), so the figures are the memory
+//! engine's own. With the built-in model in `--models-dir` (or
+//! `STRATA_MODELS_DIR`; a build with the `bert` feature, the default) dense
+//! vectors take part; otherwise recall is lexical + graph only.
+//!
+//! The LoCoMo data (CC BY-NC 4.0) is not part of this repository.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use serde_json::{Value, json};
 use strata_core::SystemClock;
-use strata_memory::{AddRequest, Config, Embedder, Memory, RuleExtractor, SearchRequest, Viewer, term};
+use strata_memory::{AddRequest, Config, Memory, RuleExtractor, SearchRequest, Viewer, term};
 use strata_store::{Options, Store};
+
+/// Arguments of `strata bench memory`.
+#[derive(Args, Debug)]
+pub(crate) struct MemoryArgs {
+    /// The LoCoMo JSON file (a list of conversations with their questions).
+    #[arg(long, value_name = "FILE")]
+    locomo: PathBuf,
+    /// Only the first N conversations.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Folder holding the embedding model (`all-MiniLM-L6-v2/`); none: lexical + graph only.
+    #[arg(long, env = "STRATA_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print the first N questions whose evidence the top 10 missed, with what was found.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    misses: usize,
+}
 
 const KS: [usize; 3] = [5, 10, 25];
 
@@ -161,33 +185,18 @@ impl TurnIndex {
     }
 }
 
-fn embedder(models: Option<String>) -> Option<Arc<dyn Embedder>> {
-    let dir = models.or_else(|| std::env::var("STRATA_MODELS_DIR").ok())?;
-    strata_memory::builtin_embedder(std::path::Path::new(&dir))
-}
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut file = None;
-    let mut limit = usize::MAX;
-    let mut models = None;
-    let mut as_json = false;
-    let mut misses = 0usize;
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--limit" => limit = it.next().context("--limit N")?.parse()?,
-            "--models" => models = Some(it.next().context("--models DIR")?),
-            "--json" => as_json = true,
-            "--misses" => misses = it.next().context("--misses N")?.parse()?,
-            _ if file.is_none() => file = Some(a),
-            other => bail!("unexpected argument '{other}'"),
-        }
-    }
-    let file = file.context("usage: locomo FILE [--limit N] [--models DIR] [--json]")?;
-    let data: Vec<Value> = serde_json::from_slice(&std::fs::read(&file).with_context(|| file.clone())?)?;
-    let embedder = embedder(models);
+pub(crate) async fn run(args: MemoryArgs) -> Result<ExitCode> {
+    let file = args.locomo.display().to_string();
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let as_json = args.json;
+    let mut misses = args.misses;
+    let embedder = args
+        .models_dir
+        .as_deref()
+        .and_then(strata_memory::builtin_embedder);
+    let data: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(&args.locomo).with_context(|| format!("cannot read {file}"))?)
+            .with_context(|| format!("{file} is not a LoCoMo JSON file"))?;
     let mode = embedder
         .as_ref()
         .map_or("lexical+graph".to_string(), |e| format!("hybrid ({})", e.model()));
@@ -311,12 +320,13 @@ async fn main() -> Result<()> {
     }
     let report = json!({
         "file": file, "mode": mode, "conversations": data.len().min(limit), "turns": turns_total,
-        "memory_versions": memories, "ingest_turns_per_s": turns_total as f64 / ingest_secs.max(1e-9),
+        "memory_versions": memories, "ingest_s": ingest_secs,
+        "ingest_turns_per_s": turns_total as f64 / ingest_secs.max(1e-9),
         "strata": strata.json(), "bm25_turns": bm25.json(), "full_context": full.json(),
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "LoCoMo {} — {} conversations, {} turns, {} memory versions, {} questions (categories 1-4), mode {}",
@@ -328,7 +338,7 @@ async fn main() -> Result<()> {
         mode
     );
     println!(
-        "ingest: {:.0} turns/s",
+        "ingest: {ingest_secs:.1} s, {:.0} turns/s",
         report["ingest_turns_per_s"].as_f64().unwrap_or(0.0)
     );
     println!(
@@ -355,5 +365,5 @@ async fn main() -> Result<()> {
             f("search_p95_ms")
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
