@@ -12,6 +12,7 @@ mod api {
     mod fuzz;
     mod idempotency;
     mod ops;
+    mod sandboxes;
     mod tasks;
     mod tools;
 }

@@ -462,16 +462,7 @@ async fn every_documented_code_has_a_test_here() {
         "upstream_malformed",
         "upstream_too_large",
         "upstream_timeout",
-    ];
-    let untestable = ["conflict", "unavailable", "internal"];
-    // Codes tested against their layer itself until its routes land (compute,
-    // memory), or that need a misbehaving upstream (a hostile MCP server, a
-    // stalling or flooding service): crates/<layer>/tests.
-    let layer_only = [
-        // crates/tools/tests
-        "upstream_rejected",
-        "circuit_open",
-        // crates/compute/tests
+        // In sandboxes.rs:
         "invalid_limits",
         "invalid_command",
         "invalid_path",
@@ -480,7 +471,16 @@ async fn every_documented_code_has_a_test_here() {
         "network_not_granted",
         "sandbox_stopped",
         "unknown_template",
+        "exec_failed",
         "sandbox_unavailable",
+    ];
+    let untestable = ["conflict", "unavailable", "internal"];
+    // Codes tested against their layer itself until its routes land (memory), or that need a misbehaving upstream (a hostile MCP server, a
+    // stalling or flooding service): crates/<layer>/tests.
+    let layer_only = [
+        // crates/tools/tests
+        "upstream_rejected",
+        "circuit_open",
         // crates/memory/tests
         "invalid_filter",
         "memory_too_large",
