@@ -47,6 +47,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: 1024 * 1024,
         log_json: false,
         no_reconciler: false,
+        no_sandboxes: false,
+        sandbox_pool: 0,
+        sandbox_idle_stop: None,
     };
     let (running, server) = start(&serve).await?;
     let url = running.url();

@@ -7,6 +7,7 @@ mod client;
 mod demo;
 mod fleet;
 mod output;
+mod sandbox;
 mod server;
 mod task;
 mod tools;
@@ -112,6 +113,13 @@ enum Command {
     /// List and call upstream tools.
     #[command(subcommand)]
     Tool(tools::ToolCommand),
+    /// Run commands in sandboxes; create, exec in, copy files to and from, stop,
+    /// start, snapshot and delete persistent ones.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Set, list and delete sandbox templates.
+    #[command(subcommand)]
+    Template(sandbox::TemplateCommand),
 }
 
 /// How the client reaches a server.
@@ -145,6 +153,9 @@ fn init_logs(json: bool, default: &str) {
 }
 
 fn main() -> ExitCode {
+    // This binary is also the sandbox init: started as one, it builds the
+    // sandbox and exits here, before any thread exists.
+    strata_compute::maybe_run_init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -186,6 +197,8 @@ fn main() -> ExitCode {
             Command::Secret(cmd) => tools::secret(cmd).await,
             Command::Connection(cmd) => tools::connection(cmd).await,
             Command::Tool(cmd) => tools::tool(cmd).await,
+            Command::Sandbox(cmd) => sandbox::sandbox(cmd).await,
+            Command::Template(cmd) => sandbox::template(cmd).await,
         }
     });
     match result {

@@ -1,12 +1,14 @@
 //! `strata bench …`: measurements of a server under load.
 //!
-//! `api` and `tasks` start a server in this process on a fresh data folder (or
+//! `sandbox` measures the compute layer in this process (and through a server
+//! started here). `api` and `tasks` start a server in this process on a fresh data folder (or
 //! target `--url`); `recovery` runs it as a child process so it can kill it.
 //! Client and server share the machine, so figures include the
 //! client's cost and are a floor for what a dedicated server does.
 
 mod api;
 mod recovery;
+mod sandbox;
 mod tasks;
 
 use std::process::ExitCode;
@@ -26,6 +28,9 @@ pub(crate) enum BenchCommand {
     /// Recovery from a SIGKILL under load: restart to ready, re-dispatch of orphaned
     /// tasks, dead-agent detection, and no acknowledged task lost or completed twice.
     Recovery(recovery::RecoveryArgs),
+    /// Sandbox start-up p50/p99 (cold run, warm pool, persistent exec, through the
+    /// API) and density; with --compare, bwrap and bare fork/exec in the same run.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -33,6 +38,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Api(args) => api::run(args).await,
         BenchCommand::Tasks(args) => tasks::run(args).await,
         BenchCommand::Recovery(args) => recovery::run(args).await,
+        BenchCommand::Sandbox(args) => sandbox::run(args).await,
     }
 }
 
@@ -85,6 +91,9 @@ impl Target {
             max_body_bytes: 1024 * 1024,
             log_json: false,
             no_reconciler: false,
+            no_sandboxes: false,
+            sandbox_pool: 0,
+            sandbox_idle_stop: None,
         };
         let (running, server) = start(&serve).await?;
         tokio::spawn(async move { server.await });
