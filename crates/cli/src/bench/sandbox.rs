@@ -331,7 +331,7 @@ async fn density(compute: &Compute, cfg: &Config, n: usize) -> anyhow::Result<Va
         "sandboxes": n,
         "cgroup_bytes_each": cgroup_each.round(),
         "host_bytes_each": host_each.round(),
-        "per_gib": ((1u64 << 30) as f64 / each).floor(),
+        "per_gib": ((1u64 << 30) as f64 / each) as u64,
     }))
 }
 
