@@ -85,7 +85,10 @@ pub fn document(kernel: &Kernel) -> Value {
             }));
         }
         op["parameters"] = Value::Array(parameters);
-        let item = paths.entry(spec.path.to_string()).or_insert_with(|| json!({}));
+        // `{*path}` (a parameter spanning segments) is axum's; OpenAPI writes `{path}`.
+        let item = paths
+            .entry(spec.path.replace("{*", "{"))
+            .or_insert_with(|| json!({}));
         item[spec.method.as_lower()] = op;
     }
     components.insert("Problem".into(), problem_schema());

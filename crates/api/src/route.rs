@@ -133,6 +133,7 @@ async fn serve(
     if info.name == "event.list" && crate::sse::wants_stream(&headers) {
         return crate::sse::stream(state.kernel, token, input, &headers).await;
     }
+    let streamed = info.name == "sandbox.exec" && crate::sse::wants_stream(&headers);
     let req = Request {
         syscall: info.name.to_string(),
         token,
@@ -142,6 +143,9 @@ async fn serve(
             .get("idempotency-key")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
     };
+    if streamed {
+        return crate::sse::exec(state.kernel, req).await;
+    }
     match state.kernel.call(req).await {
         Ok(reply) => {
             let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
@@ -264,9 +268,10 @@ fn query_object(info: &RouteInfo, query: &str) -> Result<Map<String, Value>, Err
     Ok(obj)
 }
 
-/// The `{param}` names in a route path.
+/// The `{param}` names in a route path (`{*param}`, spanning segments, too).
 pub(crate) fn path_params(path: &str) -> Vec<&str> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|p| p.strip_prefix('*').unwrap_or(p))
         .collect()
 }

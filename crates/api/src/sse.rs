@@ -1,4 +1,5 @@
-//! `/v1/events` as Server-Sent Events, resumable with `Last-Event-ID`.
+//! `/v1/events` as Server-Sent Events, resumable with `Last-Event-ID`; and a
+//! sandbox exec's output as it is written (see [`exec`]).
 //!
 //! The stream is a loop of `event.list` syscalls: each page goes through the
 //! kernel (so a revoked token ends the stream), and between pages it waits for
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream;
 use serde_json::{Value, json};
 use strata_core::Error;
+use strata_kernel::syscalls::compute::{OutputChunk as Chunk, OutputStream as Stream};
 use strata_kernel::{Kernel, Request};
 
 use crate::problem::problem_response;
@@ -104,4 +106,76 @@ pub(crate) async fn stream(
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// `POST /v1/sandboxes/{id}/exec` with `Accept: text/event-stream`: the
+/// command's output as `stdout` and `stderr` events (`{"data": text}`, lossy
+/// UTF-8), in the order it was written, then one `exit` event whose data is
+/// the outcome (as the plain call answers, stdout and stderr empty) — or an
+/// `error` event with the problem's code and detail. A call refused before
+/// any output (unknown sandbox, forbidden, `exec_failed`) is a plain problem.
+pub(crate) async fn exec(kernel: Kernel, req: Request) -> Response {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let mut call = tokio::spawn(async move { kernel.call_streaming(req, tx).await });
+    // The sink closes when the call ends, so `None` means it ended without output.
+    let first = rx.recv().await;
+    if first.is_none() {
+        let result = match (&mut call).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::internal(e)),
+        };
+        match result {
+            Ok(reply) => {
+                let done = exit_event(&reply.body);
+                let events = stream::iter([Ok::<_, Infallible>(done)]);
+                return Sse::new(events).into_response();
+            }
+            Err(e) => return problem_response(&e),
+        }
+    }
+    struct State {
+        first: Option<Chunk>,
+        rx: tokio::sync::mpsc::Receiver<Chunk>,
+        call: Option<tokio::task::JoinHandle<strata_core::Result<strata_kernel::Reply>>>,
+    }
+    let state = State {
+        first,
+        rx,
+        call: Some(call),
+    };
+    let events = stream::unfold(state, |mut st| async move {
+        let chunk = match st.first.take() {
+            Some(c) => Some(c),
+            None => st.rx.recv().await,
+        };
+        if let Some(c) = chunk {
+            let name = match c.stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            let data = json!({"data": String::from_utf8_lossy(&c.data)});
+            return Some((
+                Ok::<_, Infallible>(Event::default().event(name).data(data.to_string())),
+                st,
+            ));
+        }
+        let call = st.call.take()?;
+        let ev = match call.await {
+            Ok(Ok(reply)) => exit_event(&reply.body),
+            Ok(Err(e)) => error_event(&e),
+            Err(e) => error_event(&Error::internal(e)),
+        };
+        Some((Ok(ev), st))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn exit_event(outcome: &Value) -> Event {
+    Event::default().event("exit").data(outcome.to_string())
+}
+
+fn error_event(e: &Error) -> Event {
+    Event::default()
+        .event("error")
+        .data(json!({"code": e.code.as_str(), "detail": e.detail}).to_string())
 }

@@ -13,6 +13,7 @@ mod api {
     mod idempotency;
     mod memories;
     mod ops;
+    mod sandboxes;
     mod tasks;
     mod tools;
 }

@@ -154,6 +154,26 @@ impl Client {
         Ok(resp)
     }
 
+    /// POSTs `body` asking for Server-Sent Events; a problem (refused before
+    /// the stream starts) becomes a [`Problem`] error. The response may also be
+    /// plain JSON from a server that does not stream this call.
+    pub(crate) async fn post_stream(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(Problem::from_body(status, &value).into());
+        }
+        Ok(resp)
+    }
+
     pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(Method::GET, path, None, None).await
     }

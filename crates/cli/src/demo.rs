@@ -49,6 +49,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         no_reconciler: false,
         mcp_allowed_origins: Vec::new(),
         models_dir: None,
+        no_sandboxes: false,
+        sandbox_pool: 0,
+        sandbox_idle_stop: None,
     };
     let (running, server) = start(&serve).await?;
     let url = running.url();

@@ -9,6 +9,7 @@ mod fleet;
 mod mcp;
 mod memory;
 mod output;
+mod sandbox;
 mod server;
 mod task;
 mod tools;
@@ -125,6 +126,13 @@ enum Command {
     /// Hand context and open tasks from one agent to another.
     #[command(subcommand)]
     Handoff(memory::HandoffCommand),
+    /// Run commands in sandboxes; create, exec in, copy files to and from, stop,
+    /// start, snapshot and delete persistent ones.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Set, list and delete sandbox templates.
+    #[command(subcommand)]
+    Template(sandbox::TemplateCommand),
 }
 
 /// How the client reaches a server.
@@ -158,6 +166,9 @@ fn init_logs(json: bool, default: &str) {
 }
 
 fn main() -> ExitCode {
+    // This binary is also the sandbox init: started as one, it builds the
+    // sandbox and exits here, before any thread exists.
+    strata_compute::maybe_run_init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -205,6 +216,8 @@ fn main() -> ExitCode {
             }
             Command::Memory(cmd) => memory::memory(cmd).await,
             Command::Handoff(cmd) => memory::handoff(cmd).await,
+            Command::Sandbox(cmd) => sandbox::sandbox(cmd).await,
+            Command::Template(cmd) => sandbox::template(cmd).await,
         }
     });
     match result {

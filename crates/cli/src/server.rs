@@ -45,6 +45,15 @@ pub(crate) struct ServeArgs {
     /// Without it, memory recall is lexical, graph and recency only (a warning says so).
     #[arg(long, env = "STRATA_MODELS_DIR")]
     pub(crate) models_dir: Option<PathBuf>,
+    /// Serve no sandboxes (`sandbox.*` calls answer `sandbox_unavailable`).
+    #[arg(long, env = "STRATA_NO_SANDBOXES")]
+    pub(crate) no_sandboxes: bool,
+    /// Sandboxes kept built ahead for `sandbox run` with default settings.
+    #[arg(long, env = "STRATA_SANDBOX_POOL", default_value_t = 0)]
+    pub(crate) sandbox_pool: usize,
+    /// Stop persistent sandboxes idle this long (e.g. `30m`; default: never).
+    #[arg(long, env = "STRATA_SANDBOX_IDLE_STOP", value_parser = humantime::parse_duration)]
+    pub(crate) sandbox_idle_stop: Option<std::time::Duration>,
 }
 
 /// A running server.
@@ -84,6 +93,12 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     running.kernel.stop_fleet().await;
     // Stops the tool upstreams' processes and writes the last call-log rows.
     running.kernel.tools().shutdown().await;
+    // Stops the running sandboxes, saving their workspaces.
+    if let Ok(compute) = running.kernel.compute()
+        && let Err(e) = compute.shutdown().await
+    {
+        tracing::error!(error = %e, "stopping the sandboxes failed");
+    }
     running.kernel.store().close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -127,6 +142,10 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     if let Some(e) = &config.memory.embedder {
         tracing::info!(model = e.model(), dir = %models.display(), "memory: embedding model loaded");
     }
+    if !args.no_sandboxes {
+        open_for_sandboxes(dir)?;
+    }
+    config.compute = compute_config(args)?;
     let kernel = Kernel::new(store, config).await?;
     kernel.spawn_background();
     let token_path = dir.join("admin.token");
@@ -182,11 +201,48 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     ))
 }
 
+/// Sandboxes live under `<data>/compute`, built by this very binary (its
+/// `main` starts with `maybe_run_init`), in cgroups named after the data
+/// folder so that two servers on one host never remove each other's.
+fn compute_config(args: &ServeArgs) -> anyhow::Result<Option<strata_compute::Config>> {
+    use std::hash::{Hash, Hasher};
+    if args.no_sandboxes {
+        return Ok(None);
+    }
+    let init = std::env::current_exe().context("cannot find the strata binary (the sandbox init)")?;
+    let dir = std::fs::canonicalize(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
+    let mut config = strata_compute::Config::new(dir.join("compute"), init);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    config.cgroup_name = format!("strata-{:08x}", h.finish() as u32);
+    config.pool_size = args.sandbox_pool;
+    config.idle_stop_ms = args.sandbox_idle_stop.map(|d| d.as_millis() as i64);
+    Ok(Some(config))
+}
+
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://…{}", &url[..s], &url[at..]),
         _ => url.to_string(),
     }
+}
+
+/// A sandbox's builder runs as an unprivileged host uid and must reach its
+/// mount point and workspace under `<data>/compute` by path, so the data
+/// folder becomes traversable (0711: not listable) and what is private in it
+/// is made owner-only: the database (SQLite gives its WAL and journal the
+/// database file's mode) next to the key and token files, which are 0600 already.
+fn open_for_sandboxes(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["strata.db", "strata.db-wal", "strata.db-shm"] {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private", p.display()))?;
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("cannot make {} traversable for sandboxes", dir.display()))
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -249,8 +249,11 @@ async fn first_start_writes_private_admin_token_and_master_key() {
     let key_path = dir.join("master.key");
     assert_eq!(mode(&token_path), 0o600, "admin.token mode");
     assert_eq!(mode(&key_path), 0o600, "master.key mode");
-    assert_eq!(mode(&dir), 0o700, "data folder mode");
+    // Traversable (not listable) so sandboxes reach their mounts under it;
+    // what is private in it is owner-only.
+    assert_eq!(mode(&dir), 0o711, "data folder mode");
     assert!(dir.join("strata.db").exists());
+    assert_eq!(mode(&dir.join("strata.db")), 0o600, "database mode");
     let token_file = std::fs::read(&token_path).expect("read admin.token");
     let key_file = std::fs::read(&key_path).expect("read master.key");
     assert!(!server.admin_token.is_empty());

@@ -16,9 +16,9 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, readlinkat};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, readlinkat, renameat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
-use nix::unistd::{Gid, Uid, fchown, fchownat, symlinkat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, symlinkat, unlinkat};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use strata_core::{Error, ErrorCode, Result};
@@ -162,22 +162,47 @@ pub(crate) fn write(root: &Path, rel: &Path, data: &[u8], mode: u32, owner: (u32
         };
         dir = next;
     }
-    let fd = openat2(
+    // Written under a temporary name and renamed into place, so a write that
+    // fails (the quota reached) leaves neither a partial file nor a truncated
+    // old one. The rename replaces a link at `last` itself, never its target.
+    if let Ok(st) = fstatat(
         dir.as_fd(),
         last.as_os_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFLNK => return Err(map_errno(rel, Errno::ELOOP)),
+            SFlag::S_IFDIR => return Err(map_errno(rel, Errno::EISDIR)),
+            _ => {}
+        }
+    }
+    let tmp = format!(".strata-put-{}", strata_core::Id::new("tmp"));
+    let fd = openat2(
+        dir.as_fd(),
+        tmp.as_str(),
         how(
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
             Mode::from_bits_truncate(mode & 0o777),
         ),
     )
     .map_err(|e| map_errno(rel, e))?;
-    fchown(fd.as_fd(), uid, gid).map_err(|e| map_errno(rel, e))?;
-    let mut f = File::from(fd);
-    f.write_all(data).map_err(|e| match e.raw_os_error() {
-        Some(n) => map_errno(rel, Errno::from_raw(n)),
-        None => Error::internal(e),
-    })?;
-    Ok(())
+    let written = fchown(fd.as_fd(), uid, gid)
+        .map_err(|e| map_errno(rel, e))
+        .and_then(|()| {
+            File::from(fd)
+                .write_all(data)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(n) => map_errno(rel, Errno::from_raw(n)),
+                    None => Error::internal(e),
+                })
+        })
+        .and_then(|()| {
+            renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), last.as_os_str()).map_err(|e| map_errno(rel, e))
+        });
+    if written.is_err() {
+        let _ = unlinkat(dir.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    written
 }
 
 /// Lists folder `rel` (or the root when `None`).

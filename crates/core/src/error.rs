@@ -79,6 +79,7 @@ codes! {
     NetworkNotGranted = "network_not_granted", 403, "The sandbox asked for host-egress network, which the caller was not granted.";
     SandboxStopped = "sandbox_stopped", 409, "The sandbox is stopped; start it first.";
     UnknownTemplate = "unknown_template", 404, "No sandbox template has this name.";
+    ExecFailed = "exec_failed", 422, "The sandboxed command could not be started (no such program, not executable); the detail gives the reason.";
     SandboxUnavailable = "sandbox_unavailable", 503, "Sandboxes cannot be started on this host (namespaces, cgroups or the init program are missing).";
     // --- end compute layer ---
     // Memory layer (L3).

@@ -1,5 +1,7 @@
 //! Work the kernel does on its own: sweeping expired leases and missed deadlines,
-//! and ranking the agents that wait for work.
+//! ranking the agents that wait for work, and stopping idle sandboxes and
+//! deleting those past their TTL (once a second; the compute layer keeps its
+//! own rows, so those are logged, not audited).
 //!
 //! Each transition is audited with the `system` principal and published as an
 //! event, in the same transaction as the change. On PostgreSQL every replica
@@ -20,6 +22,9 @@ use crate::Kernel;
 
 /// How often the sweeper runs.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// How often idle sandboxes are stopped and expired ones deleted.
+const COMPUTE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Every how many sweeps the dispatcher's ranking of waiting agents is refreshed.
 const RANK_EVERY: u64 = 4;
@@ -47,6 +52,28 @@ impl Kernel {
 
     /// Starts the background loops; they stop when the store closes.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        if let Ok(compute) = self.compute() {
+            // A loop of its own: stopping a sandbox copies its workspace, which
+            // must not delay lease expiry.
+            let (compute, k) = (compute.clone(), self.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(COMPUTE_SWEEP_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match compute.sweep(k.now_ms()).await {
+                        Ok(r) if !(r.stopped.is_empty() && r.deleted.is_empty()) => tracing::info!(
+                            stopped = ?r.stopped,
+                            deleted = ?r.deleted,
+                            "sandbox sweeper stopped idle sandboxes and deleted expired ones"
+                        ),
+                        Ok(_) => {}
+                        Err(e) if e.code == strata_core::ErrorCode::Unavailable => break,
+                        Err(e) => tracing::warn!(error = %e, "sandbox sweep failed"),
+                    }
+                }
+            });
+        }
         let k = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);

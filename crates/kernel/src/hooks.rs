@@ -12,6 +12,12 @@ pub trait BudgetHook: Send + Sync + 'static {
 pub trait UsageMeter: Send + Sync + 'static {
     /// Called once per completed syscall with its wall time.
     fn record(&self, principal: &Principal, spec: &Spec, status: u16, micros: u64);
+
+    /// Called once per sandbox run or exec with what it used (wall, CPU, peak
+    /// memory), attributed to its agent and task.
+    fn sandbox_usage(&self, principal: &Principal, usage: &strata_compute::Usage) {
+        let _ = (principal, usage);
+    }
 }
 
 /// No budgets: everything is allowed.

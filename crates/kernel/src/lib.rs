@@ -28,6 +28,7 @@ pub use registry::{Action, Cx, Each, Entry, ExternalRun, Handler, Registry, Writ
 
 use std::sync::Arc;
 
+use strata_compute::Compute;
 use strata_core::{Clock, MasterKey, SystemClock};
 use strata_governance::{Policy, ScopePolicy};
 use strata_identity::Identity;
@@ -42,6 +43,7 @@ pub const MIGRATIONS: &[&[Migration]] = &[
     strata_orchestrator::MIGRATIONS,
     strata_tools::MIGRATIONS,
     strata_memory::MIGRATIONS,
+    strata_compute::MIGRATIONS,
 ];
 
 /// How to build a kernel.
@@ -61,6 +63,10 @@ pub struct Config {
     /// Tool-gateway tunables (rates, timeouts, caps). Its master key and clock
     /// are replaced by the kernel's.
     pub tools: strata_tools::Config,
+    /// Sandbox tunables (data folder, init program, limits). `None`: no
+    /// sandboxes, and every `sandbox.*` call answers `sandbox_unavailable`.
+    /// Its clock is replaced by the kernel's.
+    pub compute: Option<strata_compute::Config>,
     /// Memory-layer limits, its extractor, and the embedding model it recalls
     /// with (none: lexical, graph and recency signals only).
     pub memory: MemoryConfig,
@@ -99,6 +105,7 @@ impl Config {
             meter: Arc::new(NoMeter),
             orchestrator: strata_orchestrator::Config::default(),
             memory: MemoryConfig::default(),
+            compute: None,
         }
     }
 }
@@ -117,6 +124,7 @@ struct Inner {
     orchestrator: Orchestrator,
     tools: Tools,
     memory: strata_memory::Memory,
+    compute: std::result::Result<Compute, String>,
     policy: Arc<dyn Policy>,
     budget: Arc<dyn BudgetHook>,
     meter: Arc<dyn UsageMeter>,
@@ -145,6 +153,7 @@ impl Kernel {
             config.memory.limits,
         )
         .await?;
+        let compute = open_compute(&store, config.compute, config.clock.clone()).await;
         Ok(Kernel {
             inner: Arc::new(Inner {
                 orchestrator: Orchestrator::new(
@@ -156,6 +165,7 @@ impl Kernel {
                 identity: Identity::new(store.clone(), config.clock.clone(), config.master_key.clone()),
                 tools,
                 memory,
+                compute,
                 master_key: config.master_key,
                 store,
                 clock: config.clock,
@@ -200,6 +210,14 @@ impl Kernel {
         &self.inner.memory
     }
 
+    /// The compute layer, or `sandbox_unavailable` saying why this server has none.
+    pub fn compute(&self) -> strata_core::Result<&Compute> {
+        self.inner
+            .compute
+            .as_ref()
+            .map_err(|why| strata_core::Error::new(strata_core::ErrorCode::SandboxUnavailable, why.clone()))
+    }
+
     /// The managed agents this server runs.
     pub fn fleet(&self) -> &fleet::Fleet {
         &self.inner.fleet
@@ -209,6 +227,11 @@ impl Kernel {
     /// (what an adapter asks to show a caller only what it may call).
     pub fn permits(&self, principal: &strata_core::Principal, spec: &strata_core::Spec) -> bool {
         self.inner.policy.authorize(principal, spec).is_ok()
+    }
+
+    /// Tells the usage meter what a sandbox run or exec used.
+    pub(crate) fn meter_sandbox(&self, principal: &strata_core::Principal, usage: &strata_compute::Usage) {
+        self.inner.meter.sandbox_usage(principal, usage);
     }
 
     /// The kernel's clock, read now (epoch ms).
@@ -223,5 +246,34 @@ impl Kernel {
 
     fn now(&self) -> i64 {
         self.inner.clock.now_ms()
+    }
+}
+
+/// Opens the compute layer; a host that cannot run sandboxes still gets a
+/// kernel, whose `sandbox.*` calls then answer `sandbox_unavailable` with the reason.
+async fn open_compute(
+    store: &Store,
+    config: Option<strata_compute::Config>,
+    clock: Arc<dyn Clock>,
+) -> std::result::Result<Compute, String> {
+    let Some(config) = config else {
+        return Err("this server was started without sandboxes".into());
+    };
+    if std::fs::read_to_string("/proc/sys/user/max_user_namespaces").is_ok_and(|n| n.trim() == "0") {
+        let why = "sandboxes are unavailable on this host: user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)";
+        tracing::warn!("{why}");
+        return Err(why.into());
+    }
+    match Compute::open(store.clone(), config, clock).await {
+        Ok(c) => {
+            for w in c.warnings() {
+                tracing::warn!("sandboxes: {w}");
+            }
+            Ok(c)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "sandboxes are unavailable on this host");
+            Err(format!("sandboxes are unavailable on this host: {}", e.detail))
+        }
     }
 }

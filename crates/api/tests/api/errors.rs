@@ -470,16 +470,7 @@ async fn every_documented_code_has_a_test_here() {
         "invalid_filter",
         "memory_too_large",
         "handoff_decided",
-    ];
-    let untestable = ["conflict", "unavailable", "internal"];
-    // Codes tested against their layer itself until its routes land (compute,
-    // memory), or that need a misbehaving upstream (a hostile MCP server, a
-    // stalling or flooding service): crates/<layer>/tests.
-    let layer_only = [
-        // crates/tools/tests
-        "upstream_rejected",
-        "circuit_open",
-        // crates/compute/tests
+        // In sandboxes.rs:
         "invalid_limits",
         "invalid_command",
         "invalid_path",
@@ -488,8 +479,18 @@ async fn every_documented_code_has_a_test_here() {
         "network_not_granted",
         "sandbox_stopped",
         "unknown_template",
+        "exec_failed",
         "sandbox_unavailable",
-        // crates/memory/tests (a failing chat model or embeddings service)
+    ];
+    let untestable = ["conflict", "unavailable", "internal"];
+    // Codes that need a misbehaving upstream (a hostile MCP server, a stalling
+    // or flooding service, a failing chat model or embeddings service), tested
+    // against their layer itself: crates/<layer>/tests.
+    let layer_only = [
+        // crates/tools/tests
+        "upstream_rejected",
+        "circuit_open",
+        // crates/memory/tests
         "extractor_failed",
         "embedder_failed",
     ];

@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 
 use crate::harness::{self, App, Resp};
 
-const CASES: u32 = 256;
+/// Enough that every route (62 with the sandbox routes) is drawn many times.
+const CASES: u32 = 512;
 
 /// One route the app serves, from the registry.
 #[derive(Debug, Clone)]
@@ -170,7 +171,9 @@ impl Fixture {
 
 fn check(what: &str, r: &Resp) -> Result<(), TestCaseError> {
     let status = r.status.as_u16();
-    prop_assert!(status < 500, "{what} -> {status}: {}", r.text());
+    // The fuzzed app has no sandboxes: `sandbox.*` answer the documented 503.
+    let no_sandboxes = status == 503 && r.text().contains("\"sandbox_unavailable\"");
+    prop_assert!(status < 500 || no_sandboxes, "{what} -> {status}: {}", r.text());
     if (400..500).contains(&status) {
         prop_assert_eq!(
             r.content_type(),

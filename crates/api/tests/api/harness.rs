@@ -26,6 +26,8 @@ pub(crate) struct App {
     pub(crate) clock: Arc<ManualClock>,
     /// The bootstrap operator token.
     pub(crate) admin: String,
+    /// Removes what sandboxes left (mounts, cgroups), before the folder goes.
+    _sandboxes: Option<SandboxGuard>,
     /// Keeps the database alive.
     _dir: TempDir,
 }
@@ -206,9 +208,33 @@ impl App {
         App::with(options, |_| {}).await
     }
 
+    /// A fresh app with sandboxes (real ones: needs root and user namespaces),
+    /// their configuration adjusted by `tweak`.
+    pub(crate) async fn with_sandboxes(tweak: impl FnOnce(&mut strata_compute::Config)) -> App {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let cgroup_name = format!(
+            "strata-apitest-{}",
+            strata_core::Id::new("t").to_string().replace("t_", "")
+        );
+        let mut compute = strata_compute::Config::new(dir.path().join("compute"), sandbox_init());
+        compute.cgroup_name = cgroup_name.clone();
+        tweak(&mut compute);
+        let guard = SandboxGuard {
+            dir: dir.path().to_path_buf(),
+            cgroup_name,
+        };
+        let mut app = App::in_dir(dir, strata_api::Options::default(), |c| c.compute = Some(compute)).await;
+        app._sandboxes = Some(guard);
+        app
+    }
+
     /// A fresh app with `options`, its kernel configured by `configure`.
     pub(crate) async fn with(options: strata_api::Options, configure: impl FnOnce(&mut Config)) -> App {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        App::in_dir(dir, options, configure).await
+    }
+
+    async fn in_dir(dir: TempDir, options: strata_api::Options, configure: impl FnOnce(&mut Config)) -> App {
         let store = strata_store::Store::open(
             strata_store::Options::new(strata_store::sqlite_url(dir.path())),
             MIGRATIONS,
@@ -235,6 +261,7 @@ impl App {
             kernel,
             clock,
             admin,
+            _sandboxes: None,
             _dir: dir,
         }
     }
@@ -324,5 +351,87 @@ impl App {
     /// Moves the kernel's clock forward.
     pub(crate) fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+}
+
+/// The sandbox init program: the compute crate's `strata-sandbox-init`, built
+/// once beside this test binary if it is not there yet.
+fn sandbox_init() -> std::path::PathBuf {
+    static INIT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        // target/<profile>/deps/api-… → target/<profile>/strata-sandbox-init
+        let profile_dir = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("the test binary lives in target/<profile>/deps");
+        let init = profile_dir.join("strata-sandbox-init");
+        if !init.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args(["build", "-p", "strata-compute", "--bin", "strata-sandbox-init"]);
+            if profile_dir.file_name().is_some_and(|p| p == "release") {
+                cmd.arg("--release");
+            }
+            if let Some(target) = profile_dir.parent() {
+                cmd.env("CARGO_TARGET_DIR", target);
+            }
+            let status = cmd.status().expect("cargo runs");
+            assert!(status.success(), "building strata-sandbox-init failed");
+        }
+        init
+    })
+    .clone()
+}
+
+/// What a test's sandboxes leave when it ends early: workspace mounts under
+/// its folder and its cgroups (with their processes).
+struct SandboxGuard {
+    dir: std::path::PathBuf,
+    cgroup_name: String,
+}
+
+impl Drop for SandboxGuard {
+    fn drop(&mut self) {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for mp in info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+        {
+            let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for ctrl in ["memory", "pids", "cpu", "cpuacct", "unified"] {
+            remove_cgroup(
+                &std::path::Path::new("/sys/fs/cgroup")
+                    .join(ctrl)
+                    .join(&self.cgroup_name),
+            );
+        }
+    }
+}
+
+fn remove_cgroup(d: &std::path::Path) {
+    if let Ok(es) = std::fs::read_dir(d) {
+        for e in es.flatten() {
+            if e.path().is_dir() {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if std::fs::remove_dir(d).is_ok() || !d.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

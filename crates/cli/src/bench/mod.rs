@@ -2,13 +2,15 @@
 //!
 //! `api` and `tasks` start a server in this process on a fresh data folder (or
 //! target `--url`); `recovery` runs it as a child process so it can kill it;
-//! `memory` drives the memory layer in-process over a LoCoMo file.
+//! `memory` drives the memory layer in-process over a LoCoMo file; `sandbox`
+//! measures the compute layer in this process (and through a server started here).
 //! Client and server share the machine, so figures include the
 //! client's cost and are a floor for what a dedicated server does.
 
 mod api;
 mod memory;
 mod recovery;
+mod sandbox;
 mod tasks;
 
 use std::process::ExitCode;
@@ -31,6 +33,9 @@ pub(crate) enum BenchCommand {
     /// LoCoMo evidence recall@5/10/25, context tokens per query, search p50/p95 and
     /// ingest time of the memory layer, beside BM25 over raw turns and full context.
     Memory(memory::MemoryArgs),
+    /// Sandbox start-up p50/p99 (cold run, warm pool, persistent exec, through the
+    /// API) and density; with --compare, bwrap and bare fork/exec in the same run.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -39,6 +44,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Tasks(args) => tasks::run(args).await,
         BenchCommand::Recovery(args) => recovery::run(args).await,
         BenchCommand::Memory(args) => memory::run(args).await,
+        BenchCommand::Sandbox(args) => sandbox::run(args).await,
     }
 }
 
@@ -93,6 +99,9 @@ impl Target {
             no_reconciler: false,
             mcp_allowed_origins: Vec::new(),
             models_dir: None,
+            no_sandboxes: false,
+            sandbox_pool: 0,
+            sandbox_idle_stop: None,
         };
         let (running, server) = start(&serve).await?;
         tokio::spawn(async move { server.await });

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod compute;
 pub mod event;
 pub mod fleet;
 pub mod memory;
@@ -81,6 +82,22 @@ pub(crate) fn registry() -> Registry {
     r.add::<memory::GetHandoff>();
     r.add::<memory::AcceptHandoff>();
     r.add::<memory::RejectHandoff>();
+    r.add::<compute::RunSandbox>();
+    r.add::<compute::CreateSandboxCall>();
+    r.add::<compute::ListSandboxes>();
+    r.add::<compute::GetSandbox>();
+    r.add::<compute::ExecSandbox>();
+    r.add::<compute::PutFile>();
+    r.add::<compute::GetFile>();
+    r.add::<compute::ListFiles>();
+    r.add::<compute::StopSandbox>();
+    r.add::<compute::StartSandbox>();
+    r.add::<compute::SnapshotSandbox>();
+    r.add::<compute::DeleteSandbox>();
+    r.add::<compute::SetTemplate>();
+    r.add::<compute::ListTemplates>();
+    r.add::<compute::GetTemplate>();
+    r.add::<compute::DeleteTemplate>();
     r
 }
 

@@ -1,0 +1,132 @@
+//! End-to-end tests of `strata sandbox …` and `strata template …` against the
+//! real binary, which is also its own sandbox init (needs root and user
+//! namespaces, as on the CI machine).
+
+mod support;
+
+use support::{Output, Server, WAIT, run_for, strata};
+
+/// A client command against `server` with its admin token; `args` end the
+/// command line (everything after `--` is the sandboxed command).
+fn client_cmd(server: &Server, _token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = strata();
+    cmd.args(args);
+    cmd.env("STRATA_URL", &server.url);
+    cmd.env("STRATA_TOKEN", &server.admin_token);
+    run_for(cmd, WAIT)
+}
+
+#[test]
+fn sandbox_run_prints_the_output_and_exits_with_the_commands_code() {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let mut server = Server::start(&tmp.path().join("data"));
+    let hi = client_cmd(&server, None, &["sandbox", "run", "--", "sh", "-c", "echo hi"]).success();
+    assert_eq!(hi.stdout, "hi\n", "{hi}");
+    let failed = client_cmd(
+        &server,
+        None,
+        &[
+            "sandbox",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+    );
+    assert_eq!(failed.status.code(), Some(7), "{failed}");
+    assert_eq!(failed.stdout, "out\n", "{failed}");
+    assert!(failed.stderr.contains("err"), "{failed}");
+    let missing = client_cmd(&server, None, &["sandbox", "run", "--", "/no/such/program"]).failure();
+    assert!(missing.stderr.contains("exec_failed"), "{missing}");
+    server.stop();
+}
+
+#[test]
+fn persistent_sandbox_commands_round_trip_with_streamed_exec() {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let mut server = Server::start(&tmp.path().join("data"));
+    let cli = |args: &[&str]| client_cmd(&server, None, args);
+    let id = cli(&["sandbox", "create"]).success().stdout.trim().to_string();
+    assert!(id.starts_with("sbx_"), "{id}");
+    let local = tmp.path().join("in.txt");
+    std::fs::write(&local, "from the host\n").expect("write a local file");
+    cli(&[
+        "sandbox",
+        "cp",
+        local.to_str().expect("utf-8 path"),
+        &format!("{id}:dir/in.txt"),
+    ])
+    .success();
+    let out = cli(&[
+        "sandbox",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "cat dir/in.txt; echo made > out.txt; echo warn >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out}");
+    assert_eq!(out.stdout, "from the host\n", "{out}");
+    assert!(out.stderr.contains("warn"), "{out}");
+    let ls = cli(&["sandbox", "ls", &id]).success();
+    assert!(ls.stdout.contains("out.txt") && ls.stdout.contains("dir"), "{ls}");
+    let listed = cli(&["sandbox", "ls"]).success();
+    assert!(
+        listed.stdout.contains(&id) && listed.stdout.contains("running"),
+        "{listed}"
+    );
+    cli(&["sandbox", "stop", &id]).success();
+    let back = tmp.path().join("out.txt");
+    cli(&[
+        "sandbox",
+        "cp",
+        &format!("{id}:out.txt"),
+        back.to_str().expect("utf-8 path"),
+    ])
+    .success();
+    assert_eq!(std::fs::read_to_string(&back).expect("copied out"), "made\n");
+    cli(&["sandbox", "start", &id]).success();
+    let snp = cli(&["sandbox", "snapshot", &id])
+        .success()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(snp.starts_with("snp_"), "{snp}");
+    let fork = cli(&["sandbox", "create", "--from-snapshot", &snp])
+        .success()
+        .stdout
+        .trim()
+        .to_string();
+    let cat = cli(&["sandbox", "exec", &fork, "--", "cat", "out.txt"]).success();
+    assert_eq!(cat.stdout, "made\n", "{cat}");
+    let tpl = tmp.path().join("t.json");
+    std::fs::write(&tpl, r#"{"env": {"GREETING": "hej"}}"#).expect("write the template");
+    cli(&[
+        "template",
+        "set",
+        "greet",
+        "-f",
+        tpl.to_str().expect("utf-8 path"),
+    ])
+    .success();
+    assert!(cli(&["template", "ls"]).success().stdout.contains("greet"));
+    let greeted = cli(&[
+        "sandbox",
+        "run",
+        "--template",
+        "greet",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING",
+    ])
+    .success();
+    assert_eq!(greeted.stdout, "hej\n", "{greeted}");
+    cli(&["template", "rm", "greet"]).success();
+    cli(&["sandbox", "rm", &id]).success();
+    cli(&["sandbox", "rm", &fork]).success();
+    assert!(!cli(&["sandbox", "ls"]).success().stdout.contains("sbx_"));
+    server.stop();
+}
