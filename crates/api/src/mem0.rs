@@ -116,8 +116,12 @@ fn timestamp(v: &Value) -> Result<String, Error> {
 
 async fn ping(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match state.kernel.authenticate(token(&headers).as_deref()).await {
-        Ok(_) => axum::Json(json!({"status": "ok", "org_id": null, "project_id": null, "user_email": null}))
-            .into_response(),
+        // The client refuses to start without an organisation and a project;
+        // Strata has neither, so it names one of each, fixed.
+        Ok(_) => axum::Json(
+            json!({"status": "ok", "org_id": "strata", "project_id": "strata", "user_email": null}),
+        )
+        .into_response(),
         Err(e) => problem_response(&e),
     }
 }

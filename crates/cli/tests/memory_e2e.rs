@@ -47,13 +47,20 @@ fn memory_and_handoff_verbs_round_trip() {
     let found = as_json(
         &server,
         Some(a_token),
-        &["memory", "search", "what dog does alice have?", "--user", "alice"],
+        // The test server has no embedding model: recall is lexical and graph.
+        &[
+            "memory",
+            "search",
+            "what is alice's golden retriever called?",
+            "--user",
+            "alice",
+        ],
     );
     assert_eq!(found["results"][0]["id"], Value::from(id.clone()), "{found}");
     let table = client_cmd(
         &server,
         Some(a_token),
-        &["memory", "search", "dog", "--user", "alice"],
+        &["memory", "search", "retriever", "--user", "alice"],
     )
     .success();
     assert!(

@@ -31,7 +31,7 @@ use strata_compute::{
     Caller, Chunk, Compute, CreateSandbox, ExecEvent, ExecRequest, FileEntry, FileInput, Limits, Network,
     RunOutcome, RunRequest, SandboxInfo, Snapshot, Status, Template,
 };
-use strata_core::{Access, Effect, Error, ErrorCode, Id, Method, Principal, Result, Spec, Syscall};
+use strata_core::{Error, ErrorCode, Id, Principal, Result, Spec, Syscall};
 use tokio::sync::mpsc;
 
 pub use strata_compute::{Chunk as OutputChunk, Stream as OutputStream};
@@ -316,21 +316,6 @@ fn started(o: RunOutcome) -> Result<RunOutcome> {
         return Err(Error::new(ErrorCode::ExecFailed, why.to_string()));
     }
     Ok(o)
-}
-
-macro_rules! spec {
-    ($name:literal, $desc:literal, $res:literal, $effect:ident, $access:ident, $method:ident, $path:literal, $status:literal) => {
-        Spec {
-            name: $name,
-            description: $desc,
-            resource: $res,
-            effect: Effect::$effect,
-            access: Access::$access,
-            method: Method::$method,
-            path: $path,
-            status: $status,
-        }
-    };
 }
 
 /// `sandbox.run`

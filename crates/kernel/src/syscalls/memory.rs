@@ -18,7 +18,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use strata_core::{Access, Effect, Error, Method, Principal, Result, Spec, Syscall};
+use strata_core::{Error, Principal, Result, Spec, Syscall};
 use strata_memory::handoff::{self, Handoff, HandoffPage, HandoffStatus, NewHandoff};
 use strata_memory::memory::{HistoryResponse, ListRequest, ListResponse, UpdateRequest};
 use strata_memory::{AddRequest, AddResponse, Change, MemoryItem, SearchRequest, SearchResponse, Viewer};
@@ -43,21 +43,6 @@ fn agent_of(cx: &Cx) -> Result<&str> {
         Principal::Agent { agent_id, .. } => Ok(agent_id),
         Principal::Admin { .. } => Err(Error::forbidden("handoffs are made and decided by agents")),
     }
-}
-
-macro_rules! spec {
-    ($name:literal, $desc:literal, $res:literal, $effect:ident, $method:ident, $path:literal, $status:literal) => {
-        Spec {
-            name: $name,
-            description: $desc,
-            resource: $res,
-            effect: Effect::$effect,
-            access: Access::Principal,
-            method: Method::$method,
-            path: $path,
-            status: $status,
-        }
-    };
 }
 
 /// `memory.add`

@@ -5,6 +5,26 @@
 //! here is all it takes to get its HTTP route, OpenAPI entry, policy action, audit
 //! record and metrics.
 
+/// A syscall's [`strata_core::Spec`], written positionally: name, description,
+/// resource, effect, access (omitted: any principal), method, path, status.
+macro_rules! spec {
+    ($name:literal, $desc:literal, $res:literal, $effect:ident, $access:ident, $method:ident, $path:literal, $status:literal) => {
+        strata_core::Spec {
+            name: $name,
+            description: $desc,
+            resource: $res,
+            effect: strata_core::Effect::$effect,
+            access: strata_core::Access::$access,
+            method: strata_core::Method::$method,
+            path: $path,
+            status: $status,
+        }
+    };
+    ($name:literal, $desc:literal, $res:literal, $effect:ident, $method:ident, $path:literal, $status:literal) => {
+        spec!($name, $desc, $res, $effect, Principal, $method, $path, $status)
+    };
+}
+
 pub mod agent;
 pub mod audit;
 pub mod compute;

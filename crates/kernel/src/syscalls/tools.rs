@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use strata_core::{Access, Effect, Error, Method, Principal, Result, Spec, Syscall};
+use strata_core::{Error, Principal, Result, Spec, Syscall};
 use strata_tools::{
     CallOutput, CallRecord, CallRequest, Caller, ConnectionInfo, Grant, ListCalls, ListTools, NewConnection,
     NewGrant, NewSecret, Page, SecretInfo, SyncReport, ToolInfo,
@@ -68,21 +68,6 @@ pub async fn caller(k: &Kernel, principal: &Principal) -> Result<Caller> {
 
 fn page<T>(items: Vec<T>) -> Page<T> {
     Page { items, next: None }
-}
-
-macro_rules! spec {
-    ($name:literal, $desc:literal, $res:literal, $effect:ident, $access:ident, $method:ident, $path:literal, $status:literal) => {
-        Spec {
-            name: $name,
-            description: $desc,
-            resource: $res,
-            effect: Effect::$effect,
-            access: Access::$access,
-            method: Method::$method,
-            path: $path,
-            status: $status,
-        }
-    };
 }
 
 /// `secret.set`
