@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use rmcp::ErrorData as McpError;
@@ -106,13 +105,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
 
 /// Refuses a request without a valid bearer token, before the SDK sees it.
 async fn authenticate(State(kernel): State<Kernel>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .map(str::to_string);
+    let token = crate::route::bearer(req.headers());
     match kernel.authenticate(token.as_deref()).await {
         Ok(principal) => {
             req.extensions_mut().insert(Caller {
