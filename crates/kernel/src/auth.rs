@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use strata_core::{Error, ErrorCode, Principal, Result};
 use strata_identity::token::Verified;
@@ -17,12 +18,19 @@ use crate::Kernel;
 pub(crate) const CACHE_TTL_MS: i64 = 1000;
 const CACHE_MAX: usize = 50_000;
 
+/// Verified tokens with the time they were read. `generation` counts clears: a
+/// verification that began before a clear (so may have read a token just
+/// revoked) must not put its result back.
 #[derive(Default)]
-pub(crate) struct TokenCache(RwLock<HashMap<String, (Verified, i64)>>);
+pub(crate) struct TokenCache {
+    entries: RwLock<HashMap<String, (Verified, i64)>>,
+    generation: AtomicU64,
+}
 
 impl TokenCache {
     pub(crate) fn clear(&self) {
-        if let Ok(mut m) = self.0.write() {
+        if let Ok(mut m) = self.entries.write() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             m.clear();
         }
     }
@@ -38,15 +46,18 @@ impl Kernel {
             ));
         };
         let now = self.now();
-        let cache = &self.inner.tokens.0;
-        if let Some((v, at)) = cache.read().ok().and_then(|m| m.get(token).cloned())
+        let cache = &self.inner.tokens;
+        if let Some((v, at)) = cache.entries.read().ok().and_then(|m| m.get(token).cloned())
             && now - at < CACHE_TTL_MS
             && v.expires_at.is_none_or(|t| t > now)
         {
             return Ok(v.principal);
         }
+        let generation = cache.generation.load(Ordering::SeqCst);
         let v = self.inner.identity.authenticate(token).await?;
-        if let Ok(mut m) = cache.write() {
+        if let Ok(mut m) = cache.entries.write()
+            && cache.generation.load(Ordering::SeqCst) == generation
+        {
             if m.len() >= CACHE_MAX {
                 m.clear();
             }
