@@ -20,6 +20,11 @@
 //! rebinding, a request carrying an `Origin` (browsers send one) is refused
 //! unless the origin is a loopback one or listed in `Options::mcp_origins`;
 //! `Host` is not restricted, so the server can be reached by any name.
+//!
+//! When the upstream tools or the grants change, `notifications/tools/list_changed`
+//! goes to every initialized session (over its stream) and to every
+//! 2026-07-28 `subscriptions/listen` stream that asked for it; the client lists
+//! again to see what its own token may now use.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -31,10 +36,10 @@ use axum::response::Response;
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, InitializeResult,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ResultType, ServerCapabilities, ServerConfig, Tool,
-    ToolAnnotations,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ResultType, ServerCapabilities, ServerConfig,
+    ServerNotification, SubscriptionFilter, Tool, ToolAnnotations, ToolListChangedNotification,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
@@ -72,6 +77,7 @@ struct SyscallTool {
 struct Handler {
     kernel: Kernel,
     syscalls: Arc<Vec<SyscallTool>>,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The `/mcp` route; `shutdown` ends its open streams when the server stops.
@@ -82,6 +88,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
     let handler = Handler {
         syscalls: Arc::new(derive_tools(&kernel)),
         kernel: kernel.clone(),
+        shutdown: options.shutdown.clone(),
     };
     let origins = LOOPBACK_ORIGINS
         .iter()
@@ -235,13 +242,69 @@ impl Handler {
 
 impl rmcp::ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("strata", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Strata's system calls as tools: identities, tasks, tools and the rest, each named \
+        InitializeResult::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("strata", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Strata's system calls as tools: identities, tasks, tools and the rest, each named \
                  after its syscall; upstream tools you are granted are named connection.tool. \
                  Failures carry a problem document with a stable `code`.",
-            )
+        )
+    }
+
+    /// An initialized (pre-2026-07-28) session: announce tool-list changes
+    /// to it until it closes or the server stops.
+    async fn on_initialized(&self, cx: NotificationContext<RoleServer>) {
+        let (mut changes, shutdown, peer) = (self.kernel.tool_changes(), self.shutdown.clone(), cx.peer);
+        changes.mark_unchanged();
+        tokio::spawn(async move {
+            // A closed session is noticed at the next change or check.
+            let mut check = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = check.tick() => {
+                        if peer.is_transport_closed() { break }
+                        continue;
+                    }
+                    r = changes.changed() => if r.is_err() { break },
+                }
+                if peer.is_transport_closed() || peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let tools = SubscriptionFilter::builder().tools_list_changed().build();
+        Some(requested.intersection(&tools))
+    }
+
+    /// A 2026-07-28 `subscriptions/listen` stream: tool-list changes until the
+    /// client cancels it or the server stops.
+    async fn listen(&self, cx: SubscriptionContext) -> Result<(), McpError> {
+        let mut changes = self.kernel.tool_changes();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                _ = cx.cancelled() => return Ok(()),
+                _ = self.shutdown.cancelled() => return Ok(()),
+                r = changes.changed() => if r.is_err() { return Ok(()) },
+            }
+            if cx.accepted().tools_list_changed != Some(true) {
+                continue;
+            }
+            let note =
+                ServerNotification::ToolListChangedNotification(ToolListChangedNotification::default());
+            if cx.sink().send(note).await.is_err() {
+                return Ok(());
+            }
+        }
     }
 
     async fn list_tools(
@@ -280,10 +343,13 @@ impl rmcp::ServerHandler for Handler {
                         continue;
                     };
                     let description = t["description"].as_str().unwrap_or_default().to_string();
-                    tools.push(
-                        Tool::new(name.to_string(), description, schema.clone())
-                            .with_annotations(ToolAnnotations::new().open_world(true)),
-                    );
+                    let mut tool = Tool::new(name.to_string(), description, schema.clone())
+                        .with_annotations(ToolAnnotations::new().open_world(true));
+                    // The upstream's promise about its structured content, relayed.
+                    if let Some(Value::Object(output)) = t.get("output_schema") {
+                        tool.output_schema = Some(std::sync::Arc::new(output.clone()));
+                    }
+                    tools.push(tool);
                 }
             }
         }

@@ -40,19 +40,7 @@ fn refused(e: &anyhow::Error) -> String {
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let temp = tempfile::tempdir().context("cannot make a temporary folder")?;
     let data_dir = args.data_dir.unwrap_or_else(|| temp.path().join("strata-data"));
-    let serve = ServeArgs {
-        data_dir: data_dir.clone(),
-        database: None,
-        listen: "127.0.0.1:0".parse().expect("a literal socket address parses"),
-        max_body_bytes: 1024 * 1024,
-        log_json: false,
-        no_reconciler: false,
-        mcp_allowed_origins: Vec::new(),
-        models_dir: None,
-        no_sandboxes: false,
-        sandbox_pool: 0,
-        sandbox_idle_stop: None,
-    };
+    let serve = ServeArgs::local(data_dir.clone());
     let (running, server) = start(&serve).await?;
     let url = running.url();
     tokio::spawn(async move { server.await });

@@ -3,10 +3,12 @@
 //!
 //! It relays every request to the server's `/mcp` endpoint (streamable HTTP)
 //! with the given token, so the tools, what the token may see and what a call
-//! does are the server's alone; nothing is decided here. Logs go to stderr:
-//! stdout carries only the protocol.
+//! does are the server's alone; nothing is decided here. The server's
+//! `tools/list_changed` (heard on the session's stream) is passed on.
+//! Logs go to stderr: stdout carries only the protocol.
 
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use rmcp::model::{
@@ -75,12 +77,33 @@ impl rmcp::ServerHandler for Relay {
     }
 }
 
-async fn connect(client: &Client) -> anyhow::Result<RunningService<RoleClient, ClientConfig>> {
+/// The relay's side of the session with the server: passes the server's
+/// `tools/list_changed` on to the stdio client once that one is connected.
+#[derive(Clone)]
+struct Upstream {
+    downstream: Arc<OnceLock<Peer<RoleServer>>>,
+}
+
+impl rmcp::ClientHandler for Upstream {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::default()
+    }
+
+    async fn on_tool_list_changed(&self, _cx: rmcp::service::NotificationContext<RoleClient>) {
+        if let Some(peer) = self.downstream.get()
+            && let Err(e) = peer.notify_tool_list_changed().await
+        {
+            tracing::warn!(error = %e, "could not pass tools/list_changed on to the stdio client");
+        }
+    }
+}
+
+async fn connect(client: &Client, handler: Upstream) -> anyhow::Result<RunningService<RoleClient, Upstream>> {
     let url = format!("{}/mcp", client.base());
     let config =
         StreamableHttpClientTransportConfig::with_uri(url.clone()).auth_header(client.token().to_string());
     let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
-    ClientConfig::default()
+    handler
         .serve(transport)
         .await
         .with_context(|| format!("cannot open an MCP session with {url}"))
@@ -88,7 +111,14 @@ async fn connect(client: &Client) -> anyhow::Result<RunningService<RoleClient, C
 
 pub(crate) async fn run(conn: Conn) -> anyhow::Result<ExitCode> {
     let client = Client::from_conn(&conn)?;
-    let upstream = connect(&client).await?;
+    let downstream = Arc::new(OnceLock::new());
+    let upstream = connect(
+        &client,
+        Upstream {
+            downstream: downstream.clone(),
+        },
+    )
+    .await?;
     let peer = upstream
         .peer()
         .peer_info()
@@ -109,6 +139,8 @@ pub(crate) async fn run(conn: Conn) -> anyhow::Result<ExitCode> {
         .serve(rmcp::transport::io::stdio())
         .await
         .context("the MCP client on stdin did not complete the handshake")?;
+    // From now on the server's tools/list_changed is said again on stdio.
+    let _ = downstream.set(served.peer().clone());
     served.waiting().await.context("the stdio session failed")?;
     drop(upstream);
     Ok(ExitCode::SUCCESS)

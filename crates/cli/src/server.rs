@@ -54,6 +54,35 @@ pub(crate) struct ServeArgs {
     /// Stop persistent sandboxes idle this long (e.g. `30m`; default: never).
     #[arg(long, env = "STRATA_SANDBOX_IDLE_STOP", value_parser = humantime::parse_duration)]
     pub(crate) sandbox_idle_stop: Option<std::time::Duration>,
+    /// Upstream tool calls each agent may make per second (bursts of twice that).
+    #[arg(long, env = "STRATA_TOOL_AGENT_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) tool_agent_rate: u32,
+    /// Calls each upstream tool accepts per second across agents, unless its
+    /// connection sets its own (bursts of twice that).
+    #[arg(long, env = "STRATA_TOOL_RATE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) tool_rate: u32,
+}
+
+impl ServeArgs {
+    /// `strata serve`'s defaults on `data_dir`, listening on a free loopback
+    /// port: the in-process server of `demo` and `bench`.
+    pub(crate) fn local(data_dir: PathBuf) -> ServeArgs {
+        ServeArgs {
+            data_dir,
+            database: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_body_bytes: 1024 * 1024,
+            mcp_allowed_origins: Vec::new(),
+            log_json: false,
+            no_reconciler: false,
+            models_dir: None,
+            no_sandboxes: false,
+            sandbox_pool: 0,
+            sandbox_idle_stop: None,
+            tool_agent_rate: 100,
+            tool_rate: 500,
+        }
+    }
 }
 
 /// A running server.
@@ -123,6 +152,13 @@ async fn shutdown_signal() {
 
 type Server = axum::serve::Serve<tokio::net::TcpListener, axum::Router, axum::Router>;
 
+fn burst_of_two_seconds(per_second: u32) -> strata_tools::Rate {
+    strata_tools::Rate {
+        burst: per_second.saturating_mul(2),
+        per_second,
+    }
+}
+
 /// Prepares the data folder, opens the store, builds the kernel and binds.
 pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)> {
     let dir = &args.data_dir;
@@ -137,6 +173,8 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
         .await
         .with_context(|| format!("cannot open the store at {}", redact(&url)))?;
     let mut config = Config::new(master_key);
+    config.tools.agent_rate = burst_of_two_seconds(args.tool_agent_rate);
+    config.tools.tool_rate = burst_of_two_seconds(args.tool_rate);
     let models = args.models_dir.clone().unwrap_or_else(|| dir.join("models"));
     config.memory.embedder = strata_memory::builtin_embedder(&models);
     if let Some(e) = &config.memory.embedder {

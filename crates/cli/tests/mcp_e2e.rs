@@ -135,3 +135,108 @@ async fn the_mcp_endpoint_refuses_a_request_without_a_token_with_a_problem() {
     let body: Value = resp.json().await.expect("a problem document");
     assert_eq!(body["code"], "unauthenticated", "{body}");
 }
+
+/// An MCP client that forwards `notifications/tools/list_changed` to a channel.
+#[derive(Clone)]
+struct Watcher {
+    info: rmcp::model::ClientConfig,
+    seen: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl rmcp::ClientHandler for Watcher {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        self.info.clone()
+    }
+
+    async fn on_tool_list_changed(&self, _cx: rmcp::service::NotificationContext<rmcp::RoleClient>) {
+        let _ = self.seen.send(());
+    }
+}
+
+fn transport(server: &Server) -> rmcp::transport::StreamableHttpClientTransport<reqwest::Client> {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.url))
+        .auth_header(server.admin_token.clone());
+    rmcp::transport::StreamableHttpClientTransport::from_config(config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registering_a_connection_announces_tools_list_changed_to_sessions_and_subscriptions() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{ProtocolVersion, ServerNotification, SubscriptionFilter};
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let server = Server::start(&tmp.path().join("data"));
+
+    // An initialize-based session, which hears notifications on its stream.
+    let (tx, mut legacy_seen) = tokio::sync::mpsc::unbounded_channel();
+    let mut info = rmcp::model::ClientConfig::default();
+    info.protocol_version = ProtocolVersion::LATEST_WITH_INITIALIZE;
+    let legacy = Watcher { info, seen: tx }
+        .serve(transport(&server))
+        .await
+        .expect("an initialize-based session");
+    let before = legacy.peer().list_all_tools().await.expect("tools/list");
+    assert!(
+        !before.iter().any(|t| t.name.starts_with("ev.")),
+        "no upstream yet"
+    );
+
+    // A 2026-07-28 client, which asks for them with subscriptions/listen.
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    let (tx, _unused) = tokio::sync::mpsc::unbounded_channel();
+    let modern = Watcher {
+        info: rmcp::model::ClientConfig::default(),
+        seen: tx,
+    }
+    .serve_with_lifecycle(
+        transport(&server),
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::LATEST],
+        },
+    )
+    .await
+    .expect("a stateless client");
+    let mut subscription = modern
+        .peer()
+        .listen(SubscriptionFilter::builder().tools_list_changed().build())
+        .await
+        .expect("subscriptions/listen is acknowledged");
+    assert_eq!(
+        subscription.acknowledged().tools_list_changed,
+        Some(true),
+        "the server accepts tools/list_changed"
+    );
+
+    let conn = json!({"name": "ev", "upstream": {"kind": "mcp_stdio", "command": "node",
+        "args": [everything_script(), "stdio"]}});
+    let (status, body) = call(
+        &http(),
+        Method::POST,
+        &format!("{}/v1/connections", server.url),
+        &server.admin_token,
+        Some(&conn),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    tokio::time::timeout(WAIT, legacy_seen.recv())
+        .await
+        .expect("the session hears tools/list_changed in time")
+        .expect("the session is still open");
+    let note = tokio::time::timeout(WAIT, subscription.next())
+        .await
+        .expect("the subscription hears a change in time")
+        .expect("the subscription stream works")
+        .expect("the subscription is still open");
+    assert!(
+        matches!(note, ServerNotification::ToolListChangedNotification(_)),
+        "{note:?}"
+    );
+    let after = legacy.peer().list_all_tools().await.expect("tools/list");
+    assert!(
+        after.iter().any(|t| t.name == "ev.echo"),
+        "the new tools are listed"
+    );
+    let _ = legacy.cancel().await;
+    let _ = modern.cancel().await;
+}

@@ -90,3 +90,98 @@ fn secret_connection_and_tool_commands_round_trip_without_showing_the_secret() {
         assert!(!out.contains(SECRET), "the secret leaked: {out}");
     }
 }
+
+/// The hostile test upstream (its `stall` tool answers after three seconds).
+fn hostile_script() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tools/tests/upstreams/hostile_mcp.py")
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_call_cut_off_by_kill_9_is_marked_interrupted_and_audited_after_restart() {
+    use reqwest::Method;
+    use serde_json::json;
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let data = tmp.path().join("data");
+    let mut server = Server::start(&data);
+    let http = support::http();
+    let conn = json!({"name": "h", "upstream": {"kind": "mcp_stdio", "command": "python3",
+        "args": [hostile_script()]}});
+    let (status, body) = support::call(
+        &http,
+        Method::POST,
+        &format!("{}/v1/connections", server.url),
+        &server.admin_token,
+        Some(&conn),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // A call the upstream holds for three seconds, cut off after one and a half.
+    let call = {
+        let (http, url, token) = (
+            http.clone(),
+            format!("{}/v1/tools/h.stall/call", server.url),
+            server.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&json!({"arguments": {}}))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    server.kill();
+    assert!(
+        call.await.expect("the client task ends").is_err(),
+        "the call was answered before the kill; the test needs it in flight"
+    );
+
+    // After a restart the intent's server is known dead once its liveness
+    // lapses (10 s); the recovery round then marks it interrupted.
+    let server = Server::start(&data);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let interrupted = loop {
+        let (status, page) = support::call(
+            &http,
+            Method::GET,
+            &format!("{}/v1/events?after=0&limit=1000", server.url),
+            &server.admin_token,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let found: Vec<serde_json::Value> = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| e["kind"] == "intent.interrupted")
+            .cloned()
+            .collect();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no intent.interrupted event within 40 s:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(interrupted.len(), 1, "{interrupted:?}");
+    assert_eq!(interrupted[0]["data"]["syscall"], "tool.call", "{interrupted:?}");
+    let by = interrupted[0]["data"]["by"].as_str().unwrap_or_default();
+    assert!(by.starts_with("admin:"), "{interrupted:?}");
+    let audit = support::audit_entries(&http, &server).await;
+    let entry = audit
+        .iter()
+        .find(|e| e["syscall"] == "intent.interrupted")
+        .expect("the interruption is audited");
+    assert_eq!(entry["resource"], interrupted[0]["subject"]);
+    assert_eq!(entry["principal"], "system");
+    // The cut-off call itself never got an outcome entry of its own.
+    assert!(!audit.iter().any(|e| e["syscall"] == "tool.call"), "{audit:?}");
+}

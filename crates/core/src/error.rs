@@ -52,6 +52,7 @@ codes! {
     Conflict = "conflict", 409, "The request conflicts with the current state.";
     AgentNameTaken = "agent_name_taken", 409, "Another live agent already has this name.";
     IdempotencyKeyReused = "idempotency_key_reused", 409, "The Idempotency-Key was already used with a different request.";
+    IdempotencyKeyInFlight = "idempotency_key_in_flight", 409, "A call with this Idempotency-Key is still running; retry once it has finished to get its answer.";
     LeaseLost = "lease_lost", 409, "The caller no longer holds the task's lease (it expired or was never theirs).";
     TaskFinished = "task_finished", 409, "The task has already reached a terminal state.";
     EscalationResolved = "escalation_resolved", 409, "The escalation has already been resolved.";

@@ -5,6 +5,12 @@
 //! key, so two concurrent calls with one key can never both take effect: the
 //! second one's insert fails, its effect rolls back, and it is answered from the
 //! first one's record.
+//!
+//! An external effect (an upstream tool call) runs outside any transaction, so
+//! its key is *claimed* before the effect starts, with the intent, and the
+//! claim becomes the record when the effect succeeds (or is dropped when it
+//! fails or is interrupted by a crash). A second call with the key meanwhile is
+//! refused as in flight rather than running the effect twice.
 
 use sqlx::{AnyConnection, Row};
 use strata_store::Store;
@@ -72,5 +78,88 @@ pub async fn record(
     .bind(now)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// The `status` of a key claimed by an external effect that is still running.
+const IN_FLIGHT: i64 = 0;
+
+/// Whether `rec` is a claim of a call still running, not a stored response.
+pub fn in_flight(rec: &Record) -> bool {
+    i64::from(rec.status) == IN_FLIGHT
+}
+
+/// Claims `key` for an external effect about to run, inside the transaction of
+/// its intent `intent_id`: a placeholder that [`complete`] turns into the
+/// record or [`release`] removes, so a concurrent call with the same key is
+/// turned away instead of running the effect a second time. Fails with a
+/// unique violation when the key is taken.
+pub async fn claim(
+    conn: &mut AnyConnection,
+    scope: &str,
+    key: &str,
+    syscall: &str,
+    request_hash: &str,
+    intent_id: &str,
+    now: i64,
+) -> strata_store::Result<()> {
+    let placeholder = Record {
+        syscall: syscall.to_string(),
+        request_hash: request_hash.to_string(),
+        status: 0,
+        response: intent_id.to_string(),
+    };
+    record(conn, scope, key, &placeholder, now).await
+}
+
+/// Turns the claim on `key` into the stored response (inside the outcome's
+/// transaction). If the claim is gone (recovery released it, thinking this
+/// server dead), records afresh, failing with a unique violation when another
+/// call took the key meanwhile.
+pub async fn complete(
+    conn: &mut AnyConnection,
+    scope: &str,
+    key: &str,
+    rec: &Record,
+    now: i64,
+) -> strata_store::Result<()> {
+    let done = sqlx::query(
+        "UPDATE gov_idempotency SET syscall = $3, request_hash = $4, status = $5, response = $6
+         WHERE scope = $1 AND key = $2 AND status = $7",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(&rec.syscall)
+    .bind(&rec.request_hash)
+    .bind(i64::from(rec.status))
+    .bind(&rec.response)
+    .bind(IN_FLIGHT)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        record(conn, scope, key, rec, now).await?;
+    }
+    Ok(())
+}
+
+/// Drops the claim on `key` (the effect failed, so a retry may run it again).
+pub async fn release(conn: &mut AnyConnection, scope: &str, key: &str) -> strata_store::Result<()> {
+    sqlx::query("DELETE FROM gov_idempotency WHERE scope = $1 AND key = $2 AND status = $3")
+        .bind(scope)
+        .bind(key)
+        .bind(IN_FLIGHT)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Drops the claim made with intent `intent_id`, if any (the intent was
+/// interrupted: no answer will come, and a retry runs the call again).
+pub async fn release_intent(conn: &mut AnyConnection, intent_id: &str) -> strata_store::Result<()> {
+    sqlx::query("DELETE FROM gov_idempotency WHERE status = $1 AND response = $2")
+        .bind(IN_FLIGHT)
+        .bind(intent_id)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

@@ -18,13 +18,30 @@ pub use policy::{Policy, ScopePolicy};
 use strata_store::Migration;
 
 /// The governance tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    layer: "governance",
-    version: 1,
-    name: "audit chain, idempotency records, intents",
-    sqlite: SCHEMA,
-    postgres: SCHEMA,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        layer: "governance",
+        version: 1,
+        name: "audit chain, idempotency records, intents",
+        sqlite: SCHEMA,
+        postgres: SCHEMA,
+    },
+    Migration {
+        layer: "governance",
+        version: 2,
+        name: "intents name the server running them; servers' liveness",
+        sqlite: INSTANCES,
+        postgres: INSTANCES,
+    },
+];
+
+const INSTANCES: &str = "
+ALTER TABLE gov_intents ADD COLUMN instance TEXT;
+CREATE TABLE gov_instances (
+    id TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE gov_audit (

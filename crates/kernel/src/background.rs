@@ -1,7 +1,9 @@
 //! Work the kernel does on its own: sweeping expired leases and missed deadlines,
 //! ranking the agents that wait for work, and stopping idle sandboxes and
 //! deleting those past their TTL (once a second; the compute layer keeps its
-//! own rows, so those are logged, not audited).
+//! own rows, so those are logged, not audited), and every 2 s renewing this
+//! server's liveness and marking interrupted the intents of servers that died
+//! (`intents`).
 //!
 //! Each transition is audited with the `system` principal and published as an
 //! event, in the same transaction as the change. On PostgreSQL every replica
@@ -28,6 +30,10 @@ const COMPUTE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Every how many sweeps the dispatcher's ranking of waiting agents is refreshed.
 const RANK_EVERY: u64 = 4;
+
+/// Every how many sweeps this instance's liveness is renewed and intents cut
+/// off by dead instances are marked interrupted (see `intents`).
+const RECOVER_EVERY: u64 = 8;
 
 impl Kernel {
     /// Runs one sweep now and returns what it changed.
@@ -84,6 +90,11 @@ impl Kernel {
                     && let Err(e) = k.orchestrator().rank_waiters(k.now_ms()).await
                 {
                     tracing::warn!(error = %e, "ranking waiting agents failed");
+                }
+                if round % RECOVER_EVERY == 0
+                    && let Err(e) = k.recover_intents().await
+                {
+                    tracing::warn!(error = %e, "recovering interrupted intents failed");
                 }
                 match k.sweep_once().await {
                     Ok(swept) if !swept.is_empty() => {

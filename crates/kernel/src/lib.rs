@@ -17,6 +17,7 @@ mod auth;
 mod background;
 pub mod fleet;
 mod hooks;
+mod intents;
 pub mod metrics;
 mod pipeline;
 mod registry;
@@ -130,6 +131,7 @@ struct Inner {
     meter: Arc<dyn UsageMeter>,
     registry: Registry,
     tokens: auth::TokenCache,
+    instance: intents::Instance,
     metrics: metrics::Metrics,
     fleet: fleet::Fleet,
 }
@@ -175,6 +177,7 @@ impl Kernel {
                 meter: config.meter,
                 registry,
                 tokens: auth::TokenCache::default(),
+                instance: intents::Instance::default(),
                 metrics,
             }),
         })
@@ -203,6 +206,12 @@ impl Kernel {
     /// The tool gateway.
     pub fn tools(&self) -> &Tools {
         &self.inner.tools
+    }
+
+    /// Changes whenever the upstream tools or the grants change: the tool
+    /// list some caller sees may have changed.
+    pub fn tool_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.tools.changes()
     }
 
     /// The memory layer.

@@ -37,6 +37,15 @@ pub struct Reply {
 }
 
 /// Why a write did not commit.
+/// A unique violation on an idempotency key as [`WriteError::KeyTaken`].
+fn key_taken(e: strata_store::Error) -> WriteError {
+    if e.is_unique_violation() {
+        WriteError::KeyTaken
+    } else {
+        WriteError::Store(e)
+    }
+}
+
 enum WriteError {
     /// The layer refused (its changes rolled back).
     Layer(Error),
@@ -204,6 +213,16 @@ impl Kernel {
                 ),
             ));
         }
+        if idempotency::in_flight(&rec) {
+            return Err(Error::new(
+                ErrorCode::IdempotencyKeyInFlight,
+                format!(
+                    "a {} call with Idempotency-Key '{key}' is still running",
+                    rec.syscall
+                ),
+            )
+            .retry_after(1000));
+        }
         // Stored responses are sealed: they can hold secrets shown only once (tokens).
         let plain = hex::decode(&rec.response)
             .ok()
@@ -330,12 +349,56 @@ impl Kernel {
         {
             let (id, who, digest) = (intent_id.clone(), principal.clone(), call.request_digest.clone());
             let now = call.cx.now;
-            self.inner
+            let instance = self.inner.instance.id.clone();
+            let renew = self.inner.instance.stale(now);
+            let claim = call
+                .key
+                .clone()
+                .map(|key| (call.cx.principal.idempotency_scope(), key));
+            let begun: Result<(), WriteError> = self
+                .inner
                 .store
                 .write(move |c| {
-                    Box::pin(async move { intent::begin(c, &id, &who, spec.name, &digest, now).await })
+                    Box::pin(async move {
+                        if renew {
+                            intent::keep_alive(c, &instance, now, crate::intents::INSTANCE_TTL_MS).await?;
+                        }
+                        let begin = intent::Begin {
+                            id: &id,
+                            instance: &instance,
+                            principal: &who,
+                            syscall: spec.name,
+                            request_digest: &digest,
+                        };
+                        intent::begin(c, begin, now).await?;
+                        if let Some((scope, key)) = claim {
+                            idempotency::claim(c, &scope, &key, spec.name, &digest, &id, now)
+                                .await
+                                .map_err(key_taken)?;
+                        }
+                        Ok(())
+                    })
                 })
-                .await?;
+                .await;
+            match begun {
+                Ok(()) => {}
+                Err(WriteError::KeyTaken) => {
+                    // Another call holds the key: its answer, or "in flight".
+                    let key = call.key.as_deref().unwrap_or_default();
+                    return self.replay(call, key).await?.ok_or_else(|| {
+                        Error::new(
+                            ErrorCode::IdempotencyKeyInFlight,
+                            format!("a call with Idempotency-Key '{key}' has just finished; retry"),
+                        )
+                        .retry_after(100)
+                    });
+                }
+                Err(WriteError::Layer(e)) => return Err(e),
+                Err(WriteError::Store(e)) => return Err(e.into()),
+            }
+            if renew {
+                self.inner.instance.renewed(now);
+            }
         }
         let result = run.await;
         let now = self.now();
@@ -343,19 +406,17 @@ impl Kernel {
             Ok(_) => ("ok".to_string(), spec.status),
             Err(e) => (e.code.as_str().to_string(), e.status()),
         };
-        let idem = match (&result, &call.key) {
-            (Ok(body), Some(key)) => Some((
-                call.cx.principal.idempotency_scope(),
-                key.clone(),
-                idempotency::Record {
-                    syscall: spec.name.to_string(),
-                    request_hash: call.request_digest.clone(),
-                    status: spec.status,
-                    response: hex::encode(self.inner.master_key.seal(body.to_string().as_bytes())),
-                },
-            )),
-            _ => None,
-        };
+        // The key's claim becomes the stored answer of a success; a failure
+        // drops it, so a retry with the same key runs again.
+        let idem = call.key.as_ref().map(|key| {
+            let rec = result.as_ref().ok().map(|body| idempotency::Record {
+                syscall: spec.name.to_string(),
+                request_hash: call.request_digest.clone(),
+                status: spec.status,
+                response: hex::encode(self.inner.master_key.seal(body.to_string().as_bytes())),
+            });
+            (call.cx.principal.idempotency_scope(), key.clone(), rec)
+        });
         let draft = AuditDraft {
             at: now,
             principal,
@@ -372,16 +433,12 @@ impl Kernel {
             .write_logged(move |c| {
                 Box::pin(async move {
                     intent::finish(c, &intent_id, &outcome, now).await?;
-                    if let Some((scope, key, rec)) = idem {
-                        idempotency::record(c, &scope, &key, &rec, now)
+                    match idem {
+                        Some((scope, key, Some(rec))) => idempotency::complete(c, &scope, &key, &rec, now)
                             .await
-                            .map_err(|e| {
-                                if e.is_unique_violation() {
-                                    WriteError::KeyTaken
-                                } else {
-                                    WriteError::Store(e)
-                                }
-                            })?;
+                            .map_err(key_taken)?,
+                        Some((scope, key, None)) => idempotency::release(c, &scope, &key).await?,
+                        None => {}
                     }
                     let logs: Vec<TailItem> = vec![Box::new(draft)];
                     Ok(((), logs))
@@ -391,7 +448,8 @@ impl Kernel {
         match written {
             Ok(()) => {}
             Err(WriteError::KeyTaken) => {
-                // A concurrent call with the same key finished first: both ran
+                // Recovery released this call's claim (it took this server for
+                // dead) and another call with the key finished first: both ran
                 // the effect, and the caller gets the first one's answer.
                 let key = call.key.as_deref().unwrap_or_default();
                 return self

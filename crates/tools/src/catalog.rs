@@ -23,6 +23,8 @@ pub(crate) struct ToolDef {
     pub(crate) upstream_name: String,
     pub(crate) description: String,
     pub(crate) input_schema: Value,
+    /// The JSON Schema of its `structuredContent`, when the upstream declares one.
+    pub(crate) output_schema: Option<Value>,
     pub(crate) idempotent: bool,
     /// How to call it (an OpenAPI operation); null for MCP tools.
     pub(crate) binding: Value,
@@ -37,6 +39,10 @@ pub struct ToolInfo {
     pub description: String,
     /// The JSON Schema its arguments must match.
     pub input_schema: Value,
+    /// The JSON Schema of the result's `structuredContent`, as the upstream
+    /// declares it (MCP `outputSchema`); relayed, not enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
     /// The connection it belongs to.
     pub connection: String,
     /// Whether the gateway retries it after an upstream failure.
@@ -76,6 +82,7 @@ impl Entry {
                 name: format!("{conn}.{}", def.upstream_name),
                 description: def.description,
                 input_schema: def.input_schema,
+                output_schema: def.output_schema,
                 connection: conn.to_string(),
                 idempotent: def.idempotent,
             },
@@ -94,12 +101,48 @@ struct State {
 }
 
 /// The catalog, shared by every call.
-#[derive(Default)]
 pub(crate) struct Catalog {
     state: RwLock<State>,
+    /// Bumped whenever the listed tools (or, through [`Catalog::announce`], the
+    /// grants) change.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Catalog {
+    fn default() -> Catalog {
+        Catalog {
+            state: RwLock::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+fn infos(state: &State) -> Vec<ToolInfo> {
+    state.tools.values().map(|e| e.info.clone()).collect()
 }
 
 impl Catalog {
+    /// Tells subscribers that what agents may see has changed.
+    pub(crate) fn announce(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Runs `f` on the state under the write lock; announces if the tools changed.
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let before = infos(&state);
+        f(&mut state);
+        let changed = before != infos(&state);
+        drop(state);
+        if changed {
+            self.announce();
+        }
+    }
+
     /// Replaces everything with what the store holds.
     pub(crate) fn replace_all(&self, conns: &[Arc<Conn>], tools: Vec<(String, ToolDef)>) -> Result<()> {
         let by_id: HashMap<&str, &Arc<Conn>> = conns.iter().map(|c| (c.id.as_str(), c)).collect();
@@ -113,28 +156,30 @@ impl Catalog {
                 state.tools.insert(e.info.name.clone(), Arc::new(e));
             }
         }
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+        self.change(|s| *s = state);
         Ok(())
     }
 
     /// Installs `conn` with exactly `defs` as its tools.
     pub(crate) fn put(&self, conn: Arc<Conn>, defs: Vec<ToolDef>) {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let prefix = format!("{}.", conn.name);
-        state.tools.retain(|name, _| !name.starts_with(&prefix));
-        for def in defs {
-            let e = Entry::new(&conn.name, def);
-            state.tools.insert(e.info.name.clone(), Arc::new(e));
-        }
-        state.conns.insert(conn.name.clone(), conn);
+        self.change(|state| {
+            let prefix = format!("{}.", conn.name);
+            state.tools.retain(|name, _| !name.starts_with(&prefix));
+            for def in defs {
+                let e = Entry::new(&conn.name, def);
+                state.tools.insert(e.info.name.clone(), Arc::new(e));
+            }
+            state.conns.insert(conn.name.clone(), conn);
+        });
     }
 
     /// Drops a connection and its tools.
     pub(crate) fn remove(&self, name: &str) {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let prefix = format!("{name}.");
-        state.tools.retain(|n, _| !n.starts_with(&prefix));
-        state.conns.remove(name);
+        self.change(|state| {
+            let prefix = format!("{name}.");
+            state.tools.retain(|n, _| !n.starts_with(&prefix));
+            state.conns.remove(name);
+        });
     }
 
     pub(crate) fn conn(&self, name: &str) -> Option<Arc<Conn>> {

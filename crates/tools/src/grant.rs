@@ -90,8 +90,12 @@ pub(crate) struct Grants {
 }
 
 impl Grants {
-    pub(crate) fn replace(&self, grants: Vec<Grant>) {
-        *self.all.write().unwrap_or_else(|p| p.into_inner()) = grants;
+    /// Installs `grants`; whether they differ from the ones before.
+    pub(crate) fn replace(&self, grants: Vec<Grant>) -> bool {
+        let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
+        let changed = *all != grants;
+        *all = grants;
+        changed
     }
 
     /// Whether `caller` may use `tool`.
@@ -161,7 +165,9 @@ impl Tools {
 
     async fn reload_grants(&self) -> Result<()> {
         let grants = store::grants(self.store()).await?;
-        self.inner.grants.replace(grants);
+        if self.inner.grants.replace(grants) {
+            self.inner.catalog.announce();
+        }
         Ok(())
     }
 }

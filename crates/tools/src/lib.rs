@@ -205,8 +205,16 @@ impl Tools {
         let tools = store::all_tools(self.store()).await?;
         self.inner.catalog.replace_all(&conns, tools)?;
         let grants = store::grants(self.store()).await?;
-        self.inner.grants.replace(grants);
+        if self.inner.grants.replace(grants) {
+            self.inner.catalog.announce();
+        }
         Ok(())
+    }
+
+    /// Changes whenever the tools or the grants change, so the list some
+    /// agent sees may have: what MCP servers announce as `tools/list_changed`.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.catalog.subscribe()
     }
 
     /// Stops every upstream process and waits until the call log is written.
@@ -228,6 +236,24 @@ impl Tools {
     }
 }
 
+/// An HTTP client error with its causes (`error sending request: … : invalid
+/// peer certificate: UnknownIssuer`), without the URL, which may carry a secret
+/// query value.
+pub(crate) fn http_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// A page of results and the cursor for the next one.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct Page<T> {
@@ -239,13 +265,22 @@ pub struct Page<T> {
 }
 
 /// The tools layer's tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    layer: "tools",
-    version: 1,
-    name: "vault, connections, tools, grants, call log",
-    sqlite: store::SCHEMA,
-    postgres: store::SCHEMA,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        layer: "tools",
+        version: 1,
+        name: "vault, connections, tools, grants, call log",
+        sqlite: store::SCHEMA,
+        postgres: store::SCHEMA,
+    },
+    Migration {
+        layer: "tools",
+        version: 2,
+        name: "tools keep the upstream's output schema",
+        sqlite: store::OUTPUT_SCHEMA,
+        postgres: store::OUTPUT_SCHEMA,
+    },
+];
 
 fn db(e: sqlx::Error) -> strata_core::Error {
     strata_store::Error::from(e).into()

@@ -241,6 +241,7 @@ impl Session {
                     upstream_name: t.name.to_string(),
                     description: t.description.map(|d| d.to_string()).unwrap_or_default(),
                     input_schema: Value::Object((*t.input_schema).clone()),
+                    output_schema: t.output_schema.as_ref().map(|s| Value::Object((**s).clone())),
                     idempotent,
                     binding: Value::Null,
                 }

@@ -220,7 +220,7 @@ impl Tools {
                 format!("token endpoint {url} did not answer in time"),
             )
         })?
-        .map_err(|e| fail(e.without_url().to_string()))?;
+        .map_err(|e| fail(crate::http_error(e)))?;
         let status = resp.status().as_u16();
         let body = resp
             .bytes()

@@ -83,7 +83,12 @@ pub(crate) async fn fetch_document(http: &reqwest::Client, url: &str, timeout: D
     let resp = tokio::time::timeout(timeout, http.get(url).send())
         .await
         .map_err(|_| Error::new(ErrorCode::UpstreamTimeout, format!("fetching {url} timed out")))?
-        .map_err(|e| Error::new(ErrorCode::UpstreamFailed, format!("fetching {url}: {e}")))?;
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::UpstreamFailed,
+                format!("fetching {url}: {}", crate::http_error(e)),
+            )
+        })?;
     if !resp.status().is_success() {
         return Err(Error::new(
             ErrorCode::UpstreamFailed,
@@ -274,6 +279,7 @@ fn operation(
             description
         },
         input_schema: schema,
+        output_schema: None,
         idempotent: matches!(method, "get" | "head" | "put" | "delete" | "options"),
         binding: serde_json::to_value(binding).map_err(Error::internal)?,
     })
@@ -447,7 +453,7 @@ pub(crate) async fn call(
         .map_err(|_| Fault::Timeout)?
         // reqwest's error names the URL, which may carry a secret query value; the
         // caller scrubs every error detail.
-        .map_err(|e| Fault::Unreachable(e.without_url().to_string()))?;
+        .map_err(|e| Fault::Unreachable(crate::http_error(e)))?;
     let status = resp.status().as_u16();
     let json_body = resp
         .headers()

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 use strata_core::{Error, ErrorCode, Result};
 use strata_store::{Params, Store};
@@ -66,6 +67,9 @@ CREATE INDEX tl_calls_agent ON tl_calls (agent, id);
 CREATE INDEX tl_calls_tool ON tl_calls (tool, id);
 CREATE INDEX tl_calls_task ON tl_calls (task, id);
 ";
+
+/// Version 2: the upstream's output schema beside the input schema.
+pub(crate) const OUTPUT_SCHEMA: &str = "ALTER TABLE tl_tools ADD COLUMN output_schema TEXT;";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::internal(format!("corrupt {what} row: {e}"))
@@ -183,8 +187,8 @@ pub(crate) async fn delete_secret(store: &Store, name: String) -> Result<bool> {
 async fn insert_tools(c: &mut AnyConnection, conn_id: &str, defs: &[ToolDef]) -> Result<()> {
     for d in defs {
         sqlx::query(
-            "INSERT INTO tl_tools (connection_id, name, description, input_schema, idempotent, binding)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO tl_tools (connection_id, name, description, input_schema, idempotent, binding, output_schema)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(conn_id)
         .bind(&d.upstream_name)
@@ -192,6 +196,7 @@ async fn insert_tools(c: &mut AnyConnection, conn_id: &str, defs: &[ToolDef]) ->
         .bind(d.input_schema.to_string())
         .bind(i64::from(d.idempotent))
         .bind(d.binding.to_string())
+        .bind(d.output_schema.as_ref().map(Value::to_string))
         .execute(&mut *c)
         .await
         .map_err(|e| {
@@ -318,7 +323,7 @@ pub(crate) async fn connections(store: &Store) -> Result<Vec<Arc<Conn>>> {
 
 pub(crate) async fn all_tools(store: &Store) -> Result<Vec<(String, ToolDef)>> {
     let rows = sqlx::query(
-        "SELECT connection_id, name, description, input_schema, idempotent, binding FROM tl_tools ORDER BY connection_id, name",
+        "SELECT connection_id, name, description, input_schema, idempotent, binding, output_schema FROM tl_tools ORDER BY connection_id, name",
     )
     .fetch_all(store.pool())
     .await
@@ -327,12 +332,17 @@ pub(crate) async fn all_tools(store: &Store) -> Result<Vec<(String, ToolDef)>> {
         .map(|r| {
             let schema: String = r.try_get(3).map_err(db)?;
             let binding: String = r.try_get(5).map_err(db)?;
+            let output: Option<String> = r.try_get(6).map_err(db)?;
             Ok((
                 r.try_get(0).map_err(db)?,
                 ToolDef {
                     upstream_name: r.try_get(1).map_err(db)?,
                     description: r.try_get(2).map_err(db)?,
                     input_schema: serde_json::from_str(&schema).map_err(|e| corrupt("tool", e))?,
+                    output_schema: output
+                        .map(|o| serde_json::from_str(&o))
+                        .transpose()
+                        .map_err(|e| corrupt("tool", e))?,
                     idempotent: r.try_get::<i64, _>(4).map_err(db)? != 0,
                     binding: serde_json::from_str(&binding).map_err(|e| corrupt("tool", e))?,
                 },

@@ -360,6 +360,82 @@ async fn a_repeated_call_with_one_idempotency_key_runs_once() {
 }
 
 #[tokio::test]
+async fn a_second_call_with_a_key_in_flight_is_refused_and_the_effect_runs_once() {
+    let app = App::new().await;
+    let counts = tempfile::NamedTempFile::new().expect("a count file");
+    let count_file = counts.path().display().to_string();
+    // The upstream counts the calls it sees in $COUNT_FILE.
+    let mut spec = hostile("h", json!({"timeout_ms": 10000}));
+    spec["upstream"]["env"] = json!({"COUNT_FILE": count_file});
+    connect(&app, &spec).await;
+    let call = || {
+        crate::harness::Call::new(axum::http::Method::POST, "/v1/tools/h.stall/call")
+            .token(&app.admin)
+            .key("stall-1")
+            .json(&json!({}))
+            .build()
+    };
+    let router = app.router.clone();
+    let first = tokio::spawn({
+        let req = call();
+        async move { crate::harness::send(&router, req).await }
+    });
+    // Wait until the first call's intent (and so its claim) is committed.
+    for _ in 0..200 {
+        if !strata_governance::intent::pending(app.kernel.store())
+            .await
+            .expect("pending intents")
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let second = crate::harness::send(&app.router, call()).await;
+    second.problem(409, "idempotency_key_in_flight");
+    assert!(
+        second.header("retry-after").is_some(),
+        "in flight says when to retry"
+    );
+    first.await.expect("the first call ends").expect(200);
+    // Once finished, the same key replays the first answer without calling again.
+    let third = crate::harness::send(&app.router, call()).await;
+    third.expect(200);
+    assert_eq!(third.header("idempotency-replayed"), Some("true"));
+    let seen = std::fs::read_to_string(counts.path()).expect("the count file");
+    assert_eq!(
+        seen.lines().count(),
+        1,
+        "the upstream ran the call once: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_call_releases_its_key_so_a_retry_runs_again() {
+    let app = App::new().await;
+    connect(&app, &hostile("h", json!({}))).await;
+    let call = |tool: &str| {
+        crate::harness::Call::new(axum::http::Method::POST, &format!("/v1/tools/h.{tool}/call"))
+            .token(&app.admin)
+            .key("retry-1")
+            .json(&json!({}))
+            .build()
+    };
+    crate::harness::send(&app.router, call("garbage"))
+        .await
+        .problem(502, "upstream_malformed");
+    crate::harness::send(&app.router, call("garbage"))
+        .await
+        .problem(502, "upstream_malformed");
+    let calls = app.get("/v1/tool-calls", &app.admin).await.json();
+    assert_eq!(
+        calls["items"].as_array().map(Vec::len),
+        Some(2),
+        "both tries ran: {calls}"
+    );
+}
+
+#[tokio::test]
 async fn connection_sync_reports_no_change_for_an_unchanged_upstream() {
     let app = App::new().await;
     connect(&app, &everything("ev", json!({}))).await;

@@ -12,6 +12,7 @@ mod memory;
 mod recovery;
 mod sandbox;
 mod tasks;
+mod tools;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,9 @@ pub(crate) enum BenchCommand {
     /// Sandbox start-up p50/p99 (cold run, warm pool, persistent exec, through the
     /// API) and density; with --compare, bwrap and bare fork/exec in the same run.
     Sandbox(sandbox::SandboxArgs),
+    /// Added latency of the tool gateway: server-everything's `echo` called
+    /// directly with an MCP client and through Strata's /mcp (and REST), side by side.
+    Tools(tools::ToolsArgs),
 }
 
 pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -45,6 +49,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Recovery(args) => recovery::run(args).await,
         BenchCommand::Memory(args) => memory::run(args).await,
         BenchCommand::Sandbox(args) => sandbox::run(args).await,
+        BenchCommand::Tools(args) => tools::run(args).await,
     }
 }
 
@@ -75,6 +80,14 @@ pub(crate) struct Target {
 
 impl Target {
     pub(crate) async fn new(args: &TargetArgs) -> anyhow::Result<Target> {
+        Target::with(args, |_| {}).await
+    }
+
+    /// As [`Target::new`], with `adjust` changing the in-process server's settings.
+    pub(crate) async fn with(
+        args: &TargetArgs,
+        adjust: impl FnOnce(&mut ServeArgs),
+    ) -> anyhow::Result<Target> {
         let (url, token, database) = (
             args.url.as_deref(),
             args.token.as_deref(),
@@ -90,19 +103,11 @@ impl Target {
                 _dir: dir,
             });
         }
-        let serve = ServeArgs {
-            data_dir: dir.path().join("strata-data"),
+        let mut serve = ServeArgs {
             database: database.map(str::to_string),
-            listen: "127.0.0.1:0".parse().expect("a literal socket address parses"),
-            max_body_bytes: 1024 * 1024,
-            log_json: false,
-            no_reconciler: false,
-            mcp_allowed_origins: Vec::new(),
-            models_dir: None,
-            no_sandboxes: false,
-            sandbox_pool: 0,
-            sandbox_idle_stop: None,
+            ..ServeArgs::local(dir.path().join("strata-data"))
         };
+        adjust(&mut serve);
         let (running, server) = start(&serve).await?;
         tokio::spawn(async move { server.await });
         Ok(Target {

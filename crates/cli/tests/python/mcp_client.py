@@ -66,6 +66,14 @@ async def as_operator(client, suffix):
     check(not echoed.is_error, f"ev.echo failed: {echoed}")
     text = " ".join(getattr(c, "text", "") for c in echoed.content)
     check(f"through strata {suffix}" in text, f"ev.echo answered {echoed}")
+    # The upstream's outputSchema is relayed; the client checks the structured
+    # content it gets back against it.
+    weather_tool = next(t for t in (await client.list_tools()).tools if t.name == "ev.get-structured-content")
+    check("temperature" in (weather_tool.output_schema or {}).get("properties", {}),
+          f"ev.get-structured-content's output schema: {weather_tool.output_schema}")
+    weather = await client.call_tool("ev.get-structured-content", {"location": "Chicago"})
+    check(not weather.is_error and isinstance(weather.structured_content.get("temperature"), (int, float)),
+          f"ev.get-structured-content answered {weather}")
     bad_args = await client.call_tool("ev.echo", {"message": 1})
     check(problem_code(bad_args) == "invalid_arguments", f"ev.echo with bad arguments: {bad_args}")
     return agent_id

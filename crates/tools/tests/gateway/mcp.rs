@@ -48,6 +48,30 @@ async fn stdio_server_tools_are_namespaced_listed_and_called(b: Backend) {
         .await
         .unwrap();
     assert!(text_of(&sum.result).contains('5'), "{}", sum.result);
+    // A declared output schema is kept, and the structured content comes back as sent.
+    let weather = tools
+        .iter()
+        .find(|t| t.name == "everything.get-structured-content")
+        .unwrap();
+    let output = weather
+        .output_schema
+        .as_ref()
+        .expect("the upstream's outputSchema");
+    assert!(output["properties"].get("temperature").is_some(), "{output}");
+    assert!(echo.output_schema.is_none(), "echo declares none");
+    let w = g
+        .call(
+            &me,
+            "everything.get-structured-content",
+            json!({"location": "Chicago"}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        w.result["structuredContent"]["temperature"].is_number(),
+        "{}",
+        w.result
+    );
     // The catalog survives a restart of the gateway, and the upstream restarts on first use.
     let again = strata_tools::Tools::open(g.store.clone(), strata_tools::Config::new(g.key.clone()))
         .await

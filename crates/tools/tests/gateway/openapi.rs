@@ -131,3 +131,87 @@ on_both_backends!(
     a_document_can_be_fetched_from_a_url,
     bad_connection_definitions_are_refused,
 );
+
+/// An HTTPS server on loopback with a self-signed certificate (made with the
+/// `openssl` CLI), serving `openapi.yaml` from a folder; killed on drop.
+struct SelfSigned {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SelfSigned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn self_signed_https(document: &str) -> SelfSigned {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("openapi.yaml"), document).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let port = super::harness::free_port();
+    let script = format!(
+        "import http.server, ssl\n\
+         s = http.server.HTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         c.load_cert_chain('cert.pem', 'key.pem')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n"
+    );
+    let child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    super::harness::wait_for_port(port).await;
+    SelfSigned {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn https_upstreams_are_spoken_to_with_tls_and_an_untrusted_certificate_is_refused() {
+    // The gateway speaks TLS (an HTTPS document URL is fetched, not refused as
+    // an unknown scheme) and verifies certificates against the system's roots:
+    // a self-signed one is a clear upstream failure naming the certificate.
+    let g = Gateway::new(Backend::Sqlite).await;
+    let https = self_signed_https(&service_document("https://127.0.0.1:1/api")).await;
+    let spec = serde_json::from_value(json!({"name": "tls", "upstream": {"kind": "openapi",
+        "document_url": format!("https://127.0.0.1:{}/openapi.yaml", https.port)}}))
+    .unwrap();
+    let e = g.tools.add_connection(spec).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::UpstreamFailed, "{e}");
+    assert!(
+        e.detail.to_lowercase().contains("certificate"),
+        "the error names the certificate problem: {e}"
+    );
+    assert!(g.tools.list_connections().is_empty());
+}
