@@ -655,13 +655,29 @@ impl Tools {
 }
 
 /// Re-syncs the connections named on `rx` (their upstream said its tools
-/// changed), for as long as the gateway lives.
+/// changed), for as long as the gateway lives. An upstream may announce a
+/// change while its connection is still being registered (listed, not yet
+/// stored): that sync is tried again a second later, so the change is not lost.
 pub(crate) async fn resync_on_change(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<String>) {
     while let Some(name) = rx.recv().await {
-        let Some(inner) = inner.upgrade() else { return };
-        let tools = Tools { inner };
-        if let Err(e) = tools.sync_connection(&name).await {
-            tracing::warn!(connection = %name, code = %e.code, "re-sync after tools/list_changed failed");
+        let Some(strong) = inner.upgrade() else { return };
+        let tools = Tools { inner: strong };
+        match tools.sync_connection(&name).await {
+            Ok(_) => {}
+            Err(e) if e.code == ErrorCode::NotFound => {
+                let later = inner.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    let Some(inner) = later.upgrade() else { return };
+                    let tools = Tools { inner };
+                    if tools.inner.catalog.conn(&name).is_some()
+                        && let Err(e) = tools.sync_connection(&name).await
+                    {
+                        tracing::warn!(connection = %name, code = %e.code, "re-sync after tools/list_changed failed");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(connection = %name, code = %e.code, "re-sync after tools/list_changed failed"),
         }
     }
 }

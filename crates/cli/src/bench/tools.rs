@@ -209,12 +209,18 @@ async fn direct_client(script: &str) -> anyhow::Result<Mcp> {
     Ok(ClientConfig::default().serve((stdout, stdin)).await?)
 }
 
+/// A client of Strata's `/mcp` in the 2026-07-28 (stateless) lifecycle: each
+/// call is a request of its own, as it is over stdio.
 async fn mcp_client(url: &str, token: &str) -> anyhow::Result<Mcp> {
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
     let config =
         StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp")).auth_header(token.to_string());
     let transport = StreamableHttpClientTransport::from_config(config);
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::LATEST],
+    };
     ClientConfig::default()
-        .serve(transport)
+        .serve_with_lifecycle(transport, lifecycle)
         .await
         .context("connecting to Strata's /mcp")
 }
