@@ -149,6 +149,35 @@ pub(crate) enum SandboxCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// List snapshots (an agent: those it took), optionally of one sandbox.
+    Snapshots {
+        /// Only those of this sandbox.
+        #[arg(long)]
+        sandbox: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a snapshot and its files.
+    SnapshotRm {
+        /// The snapshot (`snp_…`).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show stored usage of runs and execs, with totals (an agent: its own).
+    Usage {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only this sandbox's.
+        #[arg(long)]
+        sandbox: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Delete a sandbox.
     #[command(alias = "delete")]
     Rm {
@@ -261,6 +290,63 @@ pub(crate) async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
                 .await?;
             print_id(conn.output, &v);
         }
+        SandboxCommand::Snapshots { sandbox, conn } => {
+            let query = sandbox
+                .map(|s| format!("&sandbox={}", encode(&s)))
+                .unwrap_or_default();
+            let v = all_pages(
+                &Client::from_conn(&conn)?,
+                &format!("/v1/snapshots?limit=500{query}"),
+            )
+            .await?;
+            print_list(
+                conn.output,
+                &v,
+                &["id", "sandbox_id", "owner_agent", "bytes", "created_at"],
+            );
+        }
+        SandboxCommand::SnapshotRm { id, conn } => {
+            let v = Client::from_conn(&conn)?
+                .delete(&format!("/v1/snapshots/{}", encode(&id)))
+                .await?;
+            print_id(conn.output, &v);
+        }
+        SandboxCommand::Usage {
+            agent,
+            task,
+            sandbox,
+            conn,
+        } => {
+            let mut query = String::from("/v1/sandbox-usage?limit=500");
+            for (k, v) in [("agent", agent), ("task", task), ("sandbox", sandbox)] {
+                if let Some(v) = v {
+                    query.push_str(&format!("&{k}={}", encode(&v)));
+                }
+            }
+            let v = all_pages(&Client::from_conn(&conn)?, &query).await?;
+            print_list(
+                conn.output,
+                &v,
+                &[
+                    "at",
+                    "kind",
+                    "status",
+                    "agent_id",
+                    "task_id",
+                    "sandbox_id",
+                    "wall_ms",
+                    "cpu_ms",
+                    "peak_memory_bytes",
+                ],
+            );
+            if conn.output == Format::Table {
+                let t = &v["totals"];
+                println!(
+                    "total: {} records, {} ms wall, {} ms CPU, peak {} bytes",
+                    t["records"], t["wall_ms"], t["cpu_ms"], t["peak_memory_bytes"]
+                );
+            }
+        }
         SandboxCommand::Rm { id, conn } => {
             let v = Client::from_conn(&conn)?
                 .delete(&format!("/v1/sandboxes/{id}"))
@@ -306,6 +392,27 @@ pub(crate) async fn template(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every page of a listing at `path` (which has a query already), as one
+/// value: the first page's fields with all the items.
+async fn all_pages(client: &Client, path: &str) -> anyhow::Result<Value> {
+    let mut first = client.get(path).await?;
+    let mut next = first.get("next").and_then(Value::as_str).map(str::to_string);
+    while let Some(after) = next.take() {
+        let page = client.get(&format!("{path}&after={}", encode(&after))).await?;
+        if let (Some(all), Some(more)) = (
+            first.get_mut("items").and_then(Value::as_array_mut),
+            page["items"].as_array(),
+        ) {
+            all.extend(more.iter().cloned());
+        }
+        next = page.get("next").and_then(Value::as_str).map(str::to_string);
+    }
+    if let Some(o) = first.as_object_mut() {
+        o.remove("next");
+    }
+    Ok(first)
 }
 
 fn print_id(format: Format, v: &Value) {

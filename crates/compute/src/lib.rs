@@ -15,6 +15,7 @@
 //! - [`template`]: named base configurations.
 //! - the warm pool (`Config::pool_size`): sandboxes built ahead for `run`.
 //! - [`exec`]: the request and outcome types, with usage for metering.
+//! - [`usage`]: every run's and exec's usage, stored, listed and summed.
 //! - [`workspace`]: host-side file access that never follows a sandbox's links.
 //! - [`seccomp`]: the denied system calls.
 //! - [`init`]: the small program that builds a sandbox (why it is a separate
@@ -34,6 +35,7 @@ mod repo;
 pub mod sandbox;
 pub mod seccomp;
 pub mod template;
+pub mod usage;
 mod wire;
 pub mod workspace;
 
@@ -51,8 +53,9 @@ pub use exec::{
 };
 pub use init::maybe_run_init;
 pub use repo::MIGRATIONS;
-pub use sandbox::{CreateSandbox, SandboxInfo, SandboxState, Snapshot};
+pub use sandbox::{CreateSandbox, SandboxInfo, SandboxState, Snapshot, SnapshotPage};
 pub use template::Template;
+pub use usage::{UsageFilter, UsagePage, UsageRecord, UsageTotals};
 pub use workspace::FileEntry;
 
 use crate::cgroup::{GroupLimits, Hierarchy};
@@ -235,8 +238,15 @@ impl Compute {
         self.inner.cgroups.count()
     }
 
-    /// Runs one command in a fresh sandbox that is torn down afterwards.
+    /// Runs one command in a fresh sandbox that is torn down afterwards, and
+    /// stores its usage.
     pub async fn run(&self, req: RunRequest, caller: &Caller) -> Result<RunOutcome> {
+        let out = self.run_once(req, caller).await?;
+        self.store_usage("run", &out).await;
+        Ok(out)
+    }
+
+    async fn run_once(&self, req: RunRequest, caller: &Caller) -> Result<RunOutcome> {
         let cfg = &self.inner.config;
         exec::check_command(&req.command)?;
         if let Some(out) = self.run_pooled(&req, caller).await {

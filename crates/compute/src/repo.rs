@@ -1,4 +1,5 @@
-//! The compute layer's SQL, all of it: `cmp_sandboxes`, `cmp_snapshots`, `cmp_templates`.
+//! The compute layer's SQL, all of it: `cmp_sandboxes`, `cmp_snapshots`,
+//! `cmp_templates`, `cmp_usage`.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -7,15 +8,25 @@ use strata_store::{Migration, Store};
 
 use crate::sandbox::{SandboxState, Snapshot, Stored};
 use crate::template::Template;
+use crate::usage::{UsageFilter, UsageRecord, UsageTotals};
 
 /// The compute layer's tables.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    layer: "compute",
-    version: 1,
-    name: "sandboxes, snapshots and templates",
-    sqlite: SCHEMA,
-    postgres: SCHEMA,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        layer: "compute",
+        version: 1,
+        name: "sandboxes, snapshots and templates",
+        sqlite: SCHEMA,
+        postgres: SCHEMA,
+    },
+    Migration {
+        layer: "compute",
+        version: 2,
+        name: "snapshot owners and stored usage",
+        sqlite: SCHEMA_2,
+        postgres: SCHEMA_2,
+    },
+];
 
 const SCHEMA: &str = "
 CREATE TABLE cmp_sandboxes (
@@ -44,6 +55,27 @@ CREATE TABLE cmp_templates (
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
+";
+
+// Snapshots taken before version 2 have no owner: only operators see them.
+const SCHEMA_2: &str = "
+ALTER TABLE cmp_snapshots ADD COLUMN owner_agent TEXT;
+CREATE INDEX cmp_snapshots_owner ON cmp_snapshots (owner_agent, id);
+CREATE TABLE cmp_usage (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    agent_id TEXT,
+    task_id TEXT,
+    sandbox_id TEXT,
+    wall_ms BIGINT NOT NULL,
+    cpu_ms BIGINT NOT NULL,
+    peak_memory_bytes BIGINT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX cmp_usage_agent ON cmp_usage (agent_id, id);
+CREATE INDEX cmp_usage_task ON cmp_usage (task_id, id);
+CREATE INDEX cmp_usage_sandbox ON cmp_usage (sandbox_id, id);
 ";
 
 fn db(e: sqlx::Error) -> Error {
@@ -181,13 +213,14 @@ pub(crate) async fn insert_snapshot(store: &Store, s: &Snapshot, spec: &str) -> 
         .write(move |c| {
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO cmp_snapshots (id, sandbox_id, spec, bytes, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO cmp_snapshots (id, sandbox_id, spec, bytes, created_at, owner_agent) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(s.id)
                 .bind(s.sandbox_id)
                 .bind(spec)
                 .bind(s.bytes as i64)
                 .bind(s.created_at)
+                .bind(s.owner_agent)
                 .execute(&mut *c)
                 .await
                 .map_err(db)?;
@@ -197,24 +230,56 @@ pub(crate) async fn insert_snapshot(store: &Store, s: &Snapshot, spec: &str) -> 
         .await
 }
 
+fn read_snapshot(r: &AnyRow) -> Result<Snapshot> {
+    let bytes: i64 = r.try_get("bytes").map_err(db)?;
+    Ok(Snapshot {
+        id: r.try_get("id").map_err(db)?,
+        sandbox_id: r.try_get("sandbox_id").map_err(db)?,
+        owner_agent: r.try_get("owner_agent").map_err(db)?,
+        bytes: bytes.max(0) as u64,
+        created_at: r.try_get("created_at").map_err(db)?,
+    })
+}
+
 /// A snapshot and the spec of the sandbox it was taken from.
 pub(crate) async fn snapshot(store: &Store, id: &str) -> Result<Option<(Snapshot, String)>> {
-    let row = sqlx::query("SELECT id, sandbox_id, spec, bytes, created_at FROM cmp_snapshots WHERE id = $1")
-        .bind(id)
-        .fetch_optional(store.pool())
-        .await
-        .map_err(db)?;
+    let row = sqlx::query(
+        "SELECT id, sandbox_id, owner_agent, spec, bytes, created_at FROM cmp_snapshots WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(db)?;
     let Some(r) = row else { return Ok(None) };
-    let bytes: i64 = r.try_get("bytes").map_err(db)?;
-    Ok(Some((
-        Snapshot {
-            id: r.try_get("id").map_err(db)?,
-            sandbox_id: r.try_get("sandbox_id").map_err(db)?,
-            bytes: bytes.max(0) as u64,
-            created_at: r.try_get("created_at").map_err(db)?,
-        },
-        r.try_get("spec").map_err(db)?,
-    )))
+    Ok(Some((read_snapshot(&r)?, r.try_get("spec").map_err(db)?)))
+}
+
+/// Snapshots in id (creation) order after `after`, at most `limit + 1` of
+/// them (the extra one tells the caller a next page exists).
+pub(crate) async fn snapshots(
+    store: &Store,
+    owner: Option<&str>,
+    sandbox: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Snapshot>> {
+    let mut sql = String::from(
+        "SELECT id, sandbox_id, owner_agent, bytes, created_at FROM cmp_snapshots WHERE id > $1",
+    );
+    let mut binds = vec![after.unwrap_or("").to_string()];
+    for (column, value) in [("owner_agent", owner), ("sandbox_id", sandbox)] {
+        if let Some(v) = value {
+            binds.push(v.to_string());
+            sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY id LIMIT ${}", binds.len() + 1));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = q.bind(b);
+    }
+    let rows = q.bind(limit + 1).fetch_all(store.pool()).await.map_err(db)?;
+    rows.iter().map(read_snapshot).collect()
 }
 
 pub(crate) async fn delete_snapshot(store: &Store, id: &str) -> Result<bool> {
@@ -293,4 +358,116 @@ pub(crate) async fn delete_template(store: &Store, name: &str) -> Result<bool> {
             })
         })
         .await
+}
+
+pub(crate) async fn insert_usage(store: &Store, u: &UsageRecord, at: i64) -> Result<()> {
+    let u = u.clone();
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO cmp_usage (id, kind, status, agent_id, task_id, sandbox_id, wall_ms, cpu_ms, peak_memory_bytes, at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(u.id)
+                .bind(u.kind)
+                .bind(u.status)
+                .bind(u.agent_id)
+                .bind(u.task_id)
+                .bind(u.sandbox_id)
+                .bind(clamp(u.wall_ms))
+                .bind(clamp(u.cpu_ms))
+                .bind(clamp(u.peak_memory_bytes))
+                .bind(at)
+                .execute(&mut *c)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The `WHERE` clause of a usage filter and its values (`$1…`).
+fn usage_where(f: &UsageFilter) -> (String, Vec<String>) {
+    let mut sql = String::from(" WHERE 1 = 1");
+    let mut binds = Vec::new();
+    for (column, value) in [
+        ("agent_id", &f.agent),
+        ("task_id", &f.task),
+        ("sandbox_id", &f.sandbox),
+    ] {
+        if let Some(v) = value {
+            binds.push(v.clone());
+            sql.push_str(&format!(" AND {column} = ${}", binds.len()));
+        }
+    }
+    (sql, binds)
+}
+
+/// Usage records matching `f` after `after`, at most `limit + 1`, oldest first.
+pub(crate) async fn usage(
+    store: &Store,
+    f: &UsageFilter,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UsageRecord>> {
+    let (mut sql, mut binds) = usage_where(f);
+    binds.push(after.unwrap_or("").to_string());
+    sql = format!(
+        "SELECT id, kind, status, agent_id, task_id, sandbox_id, wall_ms, cpu_ms, peak_memory_bytes, at FROM cmp_usage{sql} AND id > ${} ORDER BY id LIMIT ${}",
+        binds.len(),
+        binds.len() + 1
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = q.bind(b);
+    }
+    let rows = q.bind(limit + 1).fetch_all(store.pool()).await.map_err(db)?;
+    rows.iter()
+        .map(|r| {
+            let n = |c: &str| -> Result<u64> { Ok(r.try_get::<i64, _>(c).map_err(db)?.max(0) as u64) };
+            Ok(UsageRecord {
+                id: r.try_get("id").map_err(db)?,
+                kind: r.try_get("kind").map_err(db)?,
+                status: r.try_get("status").map_err(db)?,
+                agent_id: r.try_get("agent_id").map_err(db)?,
+                task_id: r.try_get("task_id").map_err(db)?,
+                sandbox_id: r.try_get("sandbox_id").map_err(db)?,
+                wall_ms: n("wall_ms")?,
+                cpu_ms: n("cpu_ms")?,
+                peak_memory_bytes: n("peak_memory_bytes")?,
+                at: strata_core::time::rfc3339(r.try_get("at").map_err(db)?),
+            })
+        })
+        .collect()
+}
+
+/// Sums over every record matching `f` (not only one page).
+pub(crate) async fn usage_totals(store: &Store, f: &UsageFilter) -> Result<UsageTotals> {
+    let (filter, binds) = usage_where(f);
+    // PostgreSQL sums BIGINTs as NUMERIC; the casts keep every backend's answer an integer.
+    let sql = format!(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS records,
+                CAST(COALESCE(SUM(wall_ms), 0) AS BIGINT) AS wall_ms,
+                CAST(COALESCE(SUM(cpu_ms), 0) AS BIGINT) AS cpu_ms,
+                CAST(COALESCE(MAX(peak_memory_bytes), 0) AS BIGINT) AS peak_memory_bytes
+         FROM cmp_usage{filter}"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = q.bind(b);
+    }
+    let r = q.fetch_one(store.pool()).await.map_err(db)?;
+    let n = |c: &str| -> Result<u64> { Ok(r.try_get::<i64, _>(c).map_err(db)?.max(0) as u64) };
+    Ok(UsageTotals {
+        records: n("records")?,
+        wall_ms: n("wall_ms")?,
+        cpu_ms: n("cpu_ms")?,
+        peak_memory_bytes: n("peak_memory_bytes")?,
+    })
 }

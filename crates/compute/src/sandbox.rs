@@ -148,10 +148,23 @@ pub struct Snapshot {
     pub id: String,
     /// The sandbox it was taken from.
     pub sandbox_id: String,
+    /// The agent that took it (none: an operator); only it (and operators)
+    /// may see, fork or delete it.
+    pub owner_agent: Option<String>,
     /// Bytes of files in it.
     pub bytes: u64,
     /// When it was taken (epoch ms).
     pub created_at: i64,
+}
+
+/// A page of snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotPage {
+    /// The snapshots, oldest first.
+    pub items: Vec<Snapshot>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// What a sweep did.
@@ -206,11 +219,25 @@ impl Compute {
             Some(name) => Some(self.template(name).await?),
             None => None,
         };
+        // Held until the copy is made, so a deletion waits for it (or happens first).
+        let _snapshot_lock = match &req.from_snapshot {
+            Some(s) => {
+                self.get_snapshot(s).await?;
+                Some(self.slot(s).read_owned().await)
+            }
+            None => None,
+        };
         let snapshot = match &req.from_snapshot {
             Some(s) => {
-                let (snap, spec) = repo::snapshot(&self.inner.store, s)
-                    .await?
-                    .ok_or_else(|| Error::not_found("snapshot", s))?;
+                // Deleted meanwhile: its lock's entry goes with it.
+                let Some((snap, spec)) = repo::snapshot(&self.inner.store, s).await? else {
+                    self.inner
+                        .slots
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(s);
+                    return Err(Error::not_found("snapshot", s));
+                };
                 let spec: SandboxSpec = serde_json::from_str(&spec).map_err(Error::internal)?;
                 Some((snap, spec))
             }
@@ -287,6 +314,7 @@ impl Compute {
             let _ = blocking(move || std::fs::remove_dir_all(dir)).await;
             return Err(Error::internal(format!("preparing the workspace: {e}")));
         }
+        drop(_snapshot_lock);
         repo::insert_sandbox(&self.inner.store, &stored).await?;
         if let Err(e) = self.start(&id).await {
             let _ = self.delete(&id).await;
@@ -528,17 +556,20 @@ impl Compute {
         let live = guard.as_ref().ok_or_else(|| stopped(id))?;
         let cap = stored.spec.limits.output_bytes as usize;
         let limits = stored.spec.limits;
-        self.exec_in(
-            Some(id),
-            &limits,
-            &stored.spec.env,
-            live,
-            req,
-            Vec::new(),
-            caller,
-            Sink::Capture(cap),
-        )
-        .await
+        let out = self
+            .exec_in(
+                Some(id),
+                &limits,
+                &stored.spec.env,
+                live,
+                req,
+                Vec::new(),
+                caller,
+                Sink::Capture(cap),
+            )
+            .await?;
+        self.store_usage("exec", &out).await;
+        Ok(out)
     }
 
     /// Runs one command in a running sandbox, streaming its output as
@@ -578,6 +609,7 @@ impl Compute {
                 .await;
             match out {
                 Ok(o) => {
+                    this.store_usage("exec", &o).await;
                     let _ = tx.send(ExecEvent::Done(o)).await;
                 }
                 Err(e) => tracing::warn!(%e, "streamed exec failed"),
@@ -719,8 +751,9 @@ impl Compute {
         self.inner.config.data_dir.join("snapshots").join(id)
     }
 
-    /// Saves a copy of the workspace as a snapshot (running execs finish first).
-    pub async fn snapshot(&self, id: &str) -> Result<Snapshot> {
+    /// Saves a copy of the workspace as a snapshot owned by the caller's
+    /// agent (running execs finish first).
+    pub async fn snapshot(&self, id: &str, caller: &Caller) -> Result<Snapshot> {
         let s = self.stored(id).await?;
         let slot = self.slot(id);
         let guard = slot.write().await;
@@ -746,6 +779,7 @@ impl Compute {
         let snapshot = Snapshot {
             id: snap,
             sandbox_id: id.to_string(),
+            owner_agent: caller.agent_id.clone(),
             bytes,
             created_at: self.now(),
         };
@@ -757,14 +791,71 @@ impl Compute {
         Ok(snapshot)
     }
 
-    /// Deletes a snapshot.
-    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        if Id::parse("snp", id).is_err() || !repo::delete_snapshot(&self.inner.store, id).await? {
+    /// One snapshot.
+    pub async fn get_snapshot(&self, id: &str) -> Result<Snapshot> {
+        if Id::parse("snp", id).is_err() {
             return Err(Error::not_found("snapshot", id));
         }
-        let dir = self.snapshot_dir(id);
-        let _ = blocking(move || std::fs::remove_dir_all(dir)).await;
-        Ok(())
+        repo::snapshot(&self.inner.store, id)
+            .await?
+            .map(|(s, _)| s)
+            .ok_or_else(|| Error::not_found("snapshot", id))
+    }
+
+    /// Snapshots oldest first, `limit` (1–500) at a time after the cursor
+    /// `after`: only `owner`'s when given, only those of `sandbox` when given.
+    pub async fn list_snapshots(
+        &self,
+        owner: Option<&str>,
+        sandbox: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<SnapshotPage> {
+        if let Some(a) = after
+            && Id::parse("snp", a).is_err()
+        {
+            return Err(Error::invalid("after", format!("'{a}' is not a snp_… id")));
+        }
+        if let Some(s) = sandbox
+            && Id::parse("sbx", s).is_err()
+        {
+            return Err(Error::invalid("sandbox", format!("'{s}' is not a sbx_… id")));
+        }
+        let limit = i64::from(limit.clamp(1, 500));
+        let items = repo::snapshots(&self.inner.store, owner, sandbox, after, limit).await?;
+        let (items, next) = strata_core::page::split(items, limit, |s| s.id.clone());
+        Ok(SnapshotPage { items, next })
+    }
+
+    /// Deletes a snapshot and its files (sandboxes forked from it keep theirs).
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        if Id::parse("snp", id).is_err() {
+            return Err(Error::not_found("snapshot", id));
+        }
+        // Forks being copied from it finish first (see `create`).
+        let slot = self.slot(id);
+        let guard = slot.write().await;
+        let removed = repo::delete_snapshot(&self.inner.store, id).await;
+        let out = match removed {
+            Ok(true) => {
+                let dir = self.snapshot_dir(id);
+                blocking(move || match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                })
+                .await
+                .map_err(|e| Error::internal(format!("removing the snapshot's files: {e}")))
+            }
+            Ok(false) => Err(Error::not_found("snapshot", id)),
+            Err(e) => Err(e),
+        };
+        drop(guard);
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        out
     }
 
     /// Stops sandboxes idle past their `idle_stop_ms` (or the service's) and
@@ -802,7 +893,8 @@ impl Compute {
     pub async fn shutdown(&self) -> Result<()> {
         let ids: Vec<String> = {
             let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.keys().cloned().collect()
+            // Snapshots' locks share the map; only sandboxes are stopped.
+            slots.keys().filter(|k| k.starts_with("sbx_")).cloned().collect()
         };
         for id in ids {
             self.stop(&id).await?;

@@ -642,3 +642,199 @@ async fn exec_streams_stdout_and_stderr_in_order_then_the_exit() {
         "every streamed exec is audited, refusals too: {audit:?}"
     );
 }
+
+#[tokio::test]
+async fn snapshots_belong_to_the_agent_that_took_them_and_deleting_one_removes_its_files() {
+    let mut data = std::path::PathBuf::new();
+    let app = App::with_sandboxes(|c| data = c.data_dir.clone()).await;
+    let a = app.agent_scoped("a", &["sandbox.*"]).await;
+    let b = app.agent_scoped("b", &["sandbox.*"]).await;
+    let r = app.post("/v1/sandboxes", &a.token, &json!({})).await;
+    r.expect(201);
+    let sbx = r.json()["id"].as_str().expect("id").to_string();
+    let r = app
+        .post(&format!("/v1/sandboxes/{sbx}/snapshot"), &a.token, &json!({}))
+        .await;
+    r.expect(201);
+    assert_eq!(r.json()["owner_agent"], a.id.as_str(), "{}", r.json());
+    let snp = r.json()["id"].as_str().expect("snapshot id").to_string();
+    let r = app
+        .post(&format!("/v1/sandboxes/{sbx}/snapshot"), &a.token, &json!({}))
+        .await;
+    r.expect(201);
+    let snp2 = r.json()["id"].as_str().expect("snapshot id").to_string();
+
+    // b can neither fork, list nor delete a's snapshots.
+    app.post("/v1/sandboxes", &b.token, &json!({"from_snapshot": snp}))
+        .await
+        .problem(404, "not_found");
+    assert_eq!(
+        app.get("/v1/snapshots", &b.token).await.json()["items"],
+        json!([])
+    );
+    assert_eq!(
+        app.get(&format!("/v1/snapshots?sandbox={sbx}"), &b.token)
+            .await
+            .json()["items"],
+        json!([])
+    );
+    app.delete(&format!("/v1/snapshots/{snp}"), &b.token)
+        .await
+        .problem(404, "not_found");
+    assert!(data.join("snapshots").join(&snp).is_dir());
+
+    // a lists its own, a page at a time; the operator sees them too.
+    let page = app.get("/v1/snapshots?limit=1", &a.token).await;
+    page.expect(200);
+    let page = page.json();
+    assert_eq!(page["items"][0]["id"], snp.as_str(), "{page}");
+    assert_eq!(page["next"], snp.as_str(), "{page}");
+    let rest = app
+        .get(&format!("/v1/snapshots?limit=1&after={snp}"), &a.token)
+        .await
+        .json();
+    assert_eq!(rest["items"][0]["id"], snp2.as_str(), "{rest}");
+    assert!(rest.get("next").is_none(), "{rest}");
+    let all = app
+        .get(&format!("/v1/snapshots?sandbox={sbx}"), &app.admin)
+        .await
+        .json();
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(2), "{all}");
+
+    // a deletes one: its files go, and a later fork is not_found.
+    let r = app.delete(&format!("/v1/snapshots/{snp}"), &a.token).await;
+    r.expect(200);
+    assert_eq!(r.json()["removed"], true);
+    assert!(!data.join("snapshots").join(&snp).exists());
+    assert!(data.join("snapshots").join(&snp2).is_dir());
+    app.post("/v1/sandboxes", &a.token, &json!({"from_snapshot": snp}))
+        .await
+        .problem(404, "not_found");
+    app.delete(&format!("/v1/snapshots/{snp}"), &a.token)
+        .await
+        .problem(404, "not_found");
+    let left = app.get("/v1/snapshots", &app.admin).await.json();
+    assert_eq!(left["items"][0]["id"], snp2.as_str(), "{left}");
+    assert_eq!(left["items"].as_array().map(Vec::len), Some(1), "{left}");
+
+    // Bad ids are 4xx.
+    app.delete("/v1/snapshots/nonsense", &a.token)
+        .await
+        .problem(404, "not_found");
+    app.delete("/v1/snapshots/sbx_01jd3c5v7m2k9w8x4y6z0a1b2c", &app.admin)
+        .await
+        .problem(404, "not_found");
+    app.get("/v1/snapshots?sandbox=nope", &a.token)
+        .await
+        .problem(400, "invalid_request");
+    app.get("/v1/snapshots?after=nope", &a.token)
+        .await
+        .problem(400, "invalid_request");
+    app.get("/v1/snapshots?colour=red", &a.token)
+        .await
+        .problem(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn usage_of_runs_and_execs_is_stored_with_totals_and_agents_see_only_their_own() {
+    let app = App::with_sandboxes(|_| {}).await;
+    let a = app.agent_scoped("a", &["sandbox.*"]).await;
+    let b = app.agent_scoped("b", &["sandbox.*"]).await;
+    let task = "tsk_01jd3c5v7m2k9w8x4y6z0a1b2c";
+    let r = run(
+        &app,
+        &a.token,
+        json!({"command": ["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"], "task": task}),
+    )
+    .await;
+    r.expect(200);
+    let mut reported = vec![r.json()["usage"].clone()];
+    let r = app.post("/v1/sandboxes", &a.token, &json!({})).await;
+    r.expect(201);
+    let sbx = r.json()["id"].as_str().expect("id").to_string();
+    for script in ["echo one", "head -c 1000000 /dev/zero > big"] {
+        let r = app
+            .post(
+                &format!("/v1/sandboxes/{sbx}/exec"),
+                &a.token,
+                &json!({"command": ["sh", "-c", script], "task": task}),
+            )
+            .await;
+        r.expect(200);
+        reported.push(r.json()["usage"].clone());
+    }
+    // b's own run, which a must not see.
+    run(&app, &b.token, json!({"command": ["true"]}))
+        .await
+        .expect(200);
+
+    let got = app.get("/v1/sandbox-usage", &a.token).await;
+    got.expect(200);
+    let got = got.json();
+    let items = got["items"].as_array().expect("items");
+    assert_eq!(items.len(), 3, "{got}");
+    for (rec, rep) in items.iter().zip(&reported) {
+        for f in ["wall_ms", "cpu_ms", "peak_memory_bytes", "agent_id", "task_id"] {
+            assert_eq!(rec[f], rep[f], "{f}: {rec} vs {rep}");
+        }
+        assert_eq!(
+            rec["sandbox_id"],
+            rep.get("sandbox_id").cloned().unwrap_or(Value::Null)
+        );
+    }
+    assert_eq!(items[0]["kind"], "run");
+    assert_eq!(items[1]["kind"], "exec");
+    assert_eq!(items[2]["sandbox_id"], sbx.as_str());
+    let sum = |f: &str| reported.iter().map(|u| u[f].as_u64().expect(f)).sum::<u64>();
+    let max = reported
+        .iter()
+        .map(|u| u["peak_memory_bytes"].as_u64().expect("peak"))
+        .max();
+    let totals = &got["totals"];
+    assert_eq!(totals["records"], 3, "{totals}");
+    assert_eq!(totals["wall_ms"], sum("wall_ms"), "{totals}");
+    assert_eq!(totals["cpu_ms"], sum("cpu_ms"), "{totals}");
+    assert_eq!(totals["peak_memory_bytes"].as_u64(), max, "{totals}");
+
+    // Filters: by sandbox, by task; a page at a time with totals of all.
+    let by_sbx = app
+        .get(&format!("/v1/sandbox-usage?sandbox={sbx}"), &a.token)
+        .await
+        .json();
+    assert_eq!(by_sbx["totals"]["records"], 2, "{by_sbx}");
+    let page = app
+        .get(&format!("/v1/sandbox-usage?task={task}&limit=2"), &a.token)
+        .await
+        .json();
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2), "{page}");
+    assert_eq!(page["totals"]["records"], 3, "{page}");
+    let next = page["next"].as_str().expect("next").to_string();
+    let last = app
+        .get(&format!("/v1/sandbox-usage?task={task}&after={next}"), &a.token)
+        .await
+        .json();
+    assert_eq!(last["items"].as_array().map(Vec::len), Some(1), "{last}");
+
+    // b sees only its own run, also when it names a; the operator sees all.
+    let theirs = app.get("/v1/sandbox-usage", &b.token).await.json();
+    assert_eq!(theirs["totals"]["records"], 1, "{theirs}");
+    assert_eq!(theirs["items"][0]["agent_id"], b.id.as_str());
+    let sneaky = app
+        .get(&format!("/v1/sandbox-usage?agent={}", a.id), &b.token)
+        .await
+        .json();
+    assert_eq!(sneaky["totals"]["records"], 0, "{sneaky}");
+    let all = app.get("/v1/sandbox-usage", &app.admin).await.json();
+    assert_eq!(all["totals"]["records"], 4, "{all}");
+    let of_a = app
+        .get(&format!("/v1/sandbox-usage?agent={}", a.id), &app.admin)
+        .await
+        .json();
+    assert_eq!(of_a["totals"], got["totals"], "{of_a}");
+    app.get("/v1/sandbox-usage?task=nope", &app.admin)
+        .await
+        .problem(400, "invalid_request");
+    app.get("/v1/sandbox-usage?after=nope", &app.admin)
+        .await
+        .problem(400, "invalid_request");
+}

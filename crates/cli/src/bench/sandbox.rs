@@ -20,6 +20,12 @@
 //!   also sees kernel objects no cgroup is charged for, and other load on the
 //!   machine); sandboxes per GiB come from the larger of the two.
 //!
+//! With `--leak-runs N`, only the leak count runs instead: the host's mounts
+//! (`/proc/self/mountinfo` lines), the layer's cgroups and the entries under
+//! its data folder are counted before and after N cold runs of `true` (every
+//! tear-down waited for), the three differences are printed, and any that is
+//! not zero fails the command.
+//!
 //! With `--compare`, bubblewrap (`bwrap`, same namespaces and binds) and a
 //! bare fork/exec of `true` run in the same loop, alternating with the cold
 //! runs in blocks of 20 so that other load falls on all alike, and the ratios
@@ -46,6 +52,10 @@ pub(crate) struct SandboxArgs {
     /// Also time bwrap and a bare fork/exec of `true` in the same loop.
     #[arg(long)]
     compare: bool,
+    /// Only count mounts, cgroups and data entries before and after this
+    /// many cold runs, and fail on any leak.
+    #[arg(long, value_name = "N")]
+    leak_runs: Option<usize>,
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
@@ -111,6 +121,11 @@ pub(crate) async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         compute.run(truth(), &caller).await?;
     }
     compute.settle().await;
+    if let Some(n) = args.leak_runs {
+        let code = leak_count(&compute, &cfg, n, args.json).await;
+        remove_groups(&cfg);
+        return code;
+    }
 
     let bwrap = if args.compare {
         let p = which("bwrap").context("--compare needs bwrap (apt-get install bubblewrap)")?;
@@ -160,11 +175,7 @@ pub(crate) async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let (api_run, api_exec) = through_api(args.runs).await?;
     let density = density(&compute, &cfg, args.idle).await?;
     compute.settle().await;
-    for ctrl in ["memory", "pids", "cpu", "cpuacct", "unified"] {
-        for name in [cfg.cgroup_name.clone(), format!("{}-pool", cfg.cgroup_name)] {
-            let _ = std::fs::remove_dir(cfg.cgroup_root.join(ctrl).join(name));
-        }
-    }
+    remove_groups(&cfg);
 
     let mut rows = vec![
         Row::new("strata run (cold)", cold),
@@ -230,6 +241,78 @@ pub(crate) async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         density["host_bytes_each"].as_f64().unwrap_or(0.0) / 1024.0,
         density["per_gib"]
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the (empty) parent groups the bench's services made.
+fn remove_groups(cfg: &Config) {
+    for ctrl in ["memory", "pids", "cpu", "cpuacct", "unified"] {
+        for name in [cfg.cgroup_name.clone(), format!("{}-pool", cfg.cgroup_name)] {
+            let _ = std::fs::remove_dir(cfg.cgroup_root.join(ctrl).join(name));
+        }
+    }
+}
+
+/// What could leak: host mounts, the layer's cgroups, entries under its data folder.
+fn leak_counts(compute: &Compute, cfg: &Config) -> anyhow::Result<[usize; 3]> {
+    fn entries(d: &std::path::Path) -> usize {
+        std::fs::read_dir(d)
+            .map(|es| {
+                es.flatten()
+                    .map(|e| {
+                        let deeper = e.file_type().is_ok_and(|t| t.is_dir());
+                        1 + if deeper { entries(&e.path()) } else { 0 }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?.lines().count();
+    Ok([mounts, compute.cgroup_count(), entries(&cfg.data_dir)])
+}
+
+/// `--leak-runs`: counts before and after `n` cold runs of `true`.
+async fn leak_count(compute: &Compute, cfg: &Config, n: usize, as_json: bool) -> anyhow::Result<ExitCode> {
+    let caller = Caller::default();
+    let before = leak_counts(compute, cfg)?;
+    let t = Instant::now();
+    for i in 0..n {
+        let o = compute.run(truth(), &caller).await?;
+        ensure!(o.status == Status::Exited && o.exit_code == Some(0), "{o:?}");
+        if (i + 1) % 1000 == 0 && !as_json {
+            eprintln!("{} runs, {:.1} s", i + 1, t.elapsed().as_secs_f64());
+        }
+    }
+    compute.settle().await;
+    let after = leak_counts(compute, cfg)?;
+    let names = ["mounts", "cgroups", "data_entries"];
+    let delta: Vec<i64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| *a as i64 - *b as i64)
+        .collect();
+    if as_json {
+        let fields: serde_json::Map<String, Value> = names
+            .iter()
+            .zip(before.iter().zip(&after).zip(&delta))
+            .map(|(n, ((b, a), d))| (n.to_string(), json!({"before": b, "after": a, "delta": d})))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"runs": n, "seconds": t.elapsed().as_secs_f64(), "counts": fields})
+            )?
+        );
+    } else {
+        println!("{n} cold runs of true in {:.1} s", t.elapsed().as_secs_f64());
+        for (name, ((b, a), d)) in names.iter().zip(before.iter().zip(&after).zip(&delta)) {
+            println!("{name:<14} before {b:>6}   after {a:>6}   delta {d:+}");
+        }
+    }
+    if delta.iter().any(|d| *d != 0) {
+        eprintln!("leak: the counts changed");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

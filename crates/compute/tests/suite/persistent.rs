@@ -68,7 +68,7 @@ async fn snapshot_forks_see_the_snapshot_not_later_changes(backend: Backend) {
     let e = env_on(backend, false).await;
     let id = create(&e).await;
     exec(&e, &id, "echo v1 > f; ln -s f link").await;
-    let snap = e.compute.snapshot(&id).await.unwrap();
+    let snap = e.compute.snapshot(&id, &Caller::default()).await.unwrap();
     assert!(snap.id.starts_with("snp_") && snap.bytes == 3, "{snap:?}");
     exec(&e, &id, "echo v2 > f").await;
     let fork = e
@@ -99,7 +99,14 @@ async fn snapshot_forks_see_the_snapshot_not_later_changes(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(exec(&e, &again.id, "cat f").await.stdout, "v1\n");
+    let snap_dir = e.dir.path().join("data/snapshots").join(&snap.id);
+    assert!(snap_dir.is_dir());
     e.compute.delete_snapshot(&snap.id).await.unwrap();
+    assert!(!snap_dir.exists(), "the snapshot's files are removed");
+    assert_eq!(
+        e.compute.delete_snapshot(&snap.id).await.unwrap_err().code,
+        ErrorCode::NotFound
+    );
     let err = e
         .compute
         .create(
@@ -191,7 +198,7 @@ async fn attack_files_api_traversal_and_planted_symlinks_are_refused() {
     let err = e.compute.list_files(&id, Some("root")).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidPath);
     // Saving and snapshotting copy the links as links, not what they point to.
-    let snap = e.compute.snapshot(&id).await.unwrap();
+    let snap = e.compute.snapshot(&id, &Caller::default()).await.unwrap();
     let snap_dir = e.dir.path().join("data/snapshots").join(&snap.id);
     assert!(
         std::fs::symlink_metadata(snap_dir.join("shadow"))
@@ -401,4 +408,148 @@ async fn a_restarted_service_finds_running_sandboxes_stopped_with_their_files() 
     let o = reopened.exec(&id, ex("cat f"), &Caller::default()).await.unwrap();
     assert_eq!(o.stdout, "survived\n");
     reopened.delete(&id).await.unwrap();
+}
+
+async fn snapshots_are_listed_by_owner_and_sandbox_a_page_at_a_time(backend: Backend) {
+    let e = env_on(backend, false).await;
+    let id = create(&e).await;
+    let agent = |a: &str| Caller {
+        agent_id: Some(a.to_string()),
+        ..Default::default()
+    };
+    let a1 = e.compute.snapshot(&id, &agent("agt_a")).await.unwrap();
+    let b1 = e.compute.snapshot(&id, &agent("agt_b")).await.unwrap();
+    let a2 = e.compute.snapshot(&id, &agent("agt_a")).await.unwrap();
+    let op = e.compute.snapshot(&id, &Caller::default()).await.unwrap();
+    assert_eq!(a1.owner_agent.as_deref(), Some("agt_a"));
+    assert_eq!(op.owner_agent, None);
+    let ids = |p: strata_compute::SnapshotPage| p.items.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let c = &e.compute;
+    let page = c.list_snapshots(Some("agt_a"), None, None, 1).await.unwrap();
+    assert_eq!(page.next.as_deref(), Some(a1.id.as_str()));
+    assert_eq!(ids(page), [a1.id.as_str()]);
+    let page = c
+        .list_snapshots(Some("agt_a"), None, Some(&a1.id), 1)
+        .await
+        .unwrap();
+    assert_eq!(page.next, None, "a2 is agt_a's last");
+    assert_eq!(ids(page), [a2.id.as_str()]);
+    let page = c
+        .list_snapshots(Some("agt_a"), None, Some(&a2.id), 1)
+        .await
+        .unwrap();
+    assert!(page.items.is_empty() && page.next.is_none());
+    let all = c.list_snapshots(None, Some(&id), None, 50).await.unwrap();
+    assert_eq!(ids(all), [a1.id.clone(), b1.id, a2.id, op.id]);
+    let other = create(&e).await;
+    assert!(
+        c.list_snapshots(None, Some(&other), None, 50)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    for bad in [(Some("nope"), None), (None, Some("snp_nope"))] {
+        let err = c.list_snapshots(None, bad.0, bad.1, 50).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest, "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn snapshots_are_listed_by_owner_and_sandbox_a_page_at_a_time_sqlite() {
+    snapshots_are_listed_by_owner_and_sandbox_a_page_at_a_time(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn snapshots_are_listed_by_owner_and_sandbox_a_page_at_a_time_postgres() {
+    snapshots_are_listed_by_owner_and_sandbox_a_page_at_a_time(Backend::Postgres).await;
+}
+
+async fn usage_of_a_run_and_two_execs_is_stored_and_summed(backend: Backend) {
+    let e = env_on(backend, false).await;
+    let caller = Caller {
+        agent_id: Some("agt_a".into()),
+        task_id: Some("tsk_t".into()),
+        ..Default::default()
+    };
+    let run = e
+        .compute
+        .run(super::harness::sh("echo hi"), &caller)
+        .await
+        .unwrap();
+    let id = create(&e).await;
+    let x1 = e.compute.exec(&id, ex("echo one"), &caller).await.unwrap();
+    // Streamed execs are stored too.
+    let mut rx = e
+        .compute
+        .exec_stream(&id, ex("head -c 2000000 /dev/zero | wc -c"), &caller)
+        .await
+        .unwrap();
+    let mut x2 = None;
+    while let Some(ev) = rx.recv().await {
+        if let ExecEvent::Done(o) = ev {
+            x2 = Some(o);
+        }
+    }
+    let x2 = x2.expect("the streamed exec's outcome");
+    let filter = strata_compute::UsageFilter {
+        agent: Some("agt_a".into()),
+        ..Default::default()
+    };
+    let page = e.compute.usage(&filter, None, 100).await.unwrap();
+    let reported = [&run, &x1, &x2];
+    assert_eq!(page.items.len(), 3, "{page:?}");
+    for (rec, out) in page.items.iter().zip(reported) {
+        let u = &out.usage;
+        assert_eq!(
+            (rec.wall_ms, rec.cpu_ms, rec.peak_memory_bytes),
+            (u.wall_ms, u.cpu_ms, u.peak_memory_bytes)
+        );
+        assert_eq!(rec.agent_id, u.agent_id);
+        assert_eq!(rec.task_id, u.task_id);
+        assert_eq!(rec.sandbox_id, u.sandbox_id);
+        assert_eq!(rec.status, "exited");
+    }
+    assert_eq!(
+        page.items.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
+        ["run", "exec", "exec"]
+    );
+    let t = &page.totals;
+    assert_eq!(t.records, 3);
+    assert_eq!(t.wall_ms, reported.iter().map(|o| o.usage.wall_ms).sum::<u64>());
+    assert_eq!(t.cpu_ms, reported.iter().map(|o| o.usage.cpu_ms).sum::<u64>());
+    assert_eq!(
+        t.peak_memory_bytes,
+        reported.iter().map(|o| o.usage.peak_memory_bytes).max().unwrap()
+    );
+    let by_sandbox = strata_compute::UsageFilter {
+        sandbox: Some(id.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        e.compute
+            .usage(&by_sandbox, None, 100)
+            .await
+            .unwrap()
+            .totals
+            .records,
+        2
+    );
+    let nobody = strata_compute::UsageFilter {
+        agent: Some("agt_b".into()),
+        ..Default::default()
+    };
+    let none = e.compute.usage(&nobody, None, 100).await.unwrap();
+    assert!(none.items.is_empty());
+    assert_eq!(none.totals, strata_compute::UsageTotals::default());
+}
+
+#[tokio::test]
+async fn usage_of_a_run_and_two_execs_is_stored_and_summed_sqlite() {
+    usage_of_a_run_and_two_execs_is_stored_and_summed(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn usage_of_a_run_and_two_execs_is_stored_and_summed_postgres() {
+    usage_of_a_run_and_two_execs_is_stored_and_summed(Backend::Postgres).await;
 }

@@ -5,8 +5,9 @@
 //! intent before the sandbox acts and the outcome and audit entry after.
 //!
 //! Who may touch what: an operator sees every sandbox; an agent sees, runs in
-//! and changes only the sandboxes it created (another's answer `not_found`,
-//! as if they did not exist). `network: host-egress` is granted to operators
+//! and changes only the sandboxes it created, and sees, forks and deletes
+//! only the snapshots it took (another's answer `not_found`, as if they did
+//! not exist), and reads only its own usage. `network: host-egress` is granted to operators
 //! only for now (an agent asking for it gets `network_not_granted`), until
 //! policies can grant it. Every run and exec is attributed to the calling
 //! agent and, when given, its `task`; the outcome carries that usage and the
@@ -29,7 +30,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use strata_compute::{
     Caller, Chunk, Compute, CreateSandbox, ExecEvent, ExecRequest, FileEntry, FileInput, Limits, Network,
-    RunOutcome, RunRequest, SandboxInfo, Snapshot, Status, Template,
+    RunOutcome, RunRequest, SandboxInfo, Snapshot, SnapshotPage, Status, Template, UsageFilter, UsagePage,
 };
 use strata_core::{Error, ErrorCode, Id, Principal, Result, Spec, Syscall};
 use tokio::sync::mpsc;
@@ -309,6 +310,25 @@ async fn owned(compute: &Compute, cx: &Cx, id: &str) -> Result<SandboxInfo> {
     }
 }
 
+/// The snapshot `id`, if the caller may use it: an agent only those it took.
+async fn owned_snapshot(compute: &Compute, cx: &Cx, id: &str) -> Result<Snapshot> {
+    let snap = compute.get_snapshot(id).await?;
+    match &cx.principal {
+        Principal::Agent { agent_id, .. } if snap.owner_agent.as_deref() != Some(agent_id) => {
+            Err(Error::not_found("snapshot", id))
+        }
+        _ => Ok(snap),
+    }
+}
+
+/// The agent whose things the caller is limited to (none: an operator).
+fn own_agent(cx: &Cx) -> Option<&str> {
+    match &cx.principal {
+        Principal::Agent { agent_id, .. } => Some(agent_id),
+        Principal::Admin { .. } => None,
+    }
+}
+
 /// A command that could not start is the caller's mistake: `exec_failed`.
 fn started(o: RunOutcome) -> Result<RunOutcome> {
     if o.status == Status::ExecFailed {
@@ -373,6 +393,9 @@ impl Handler for CreateSandboxCall {
         let compute = k.compute()?.clone();
         let (create, task) = req.split();
         let caller = caller(cx, task)?;
+        if let Some(s) = &create.from_snapshot {
+            owned_snapshot(&compute, cx, s).await?;
+        }
         Ok(Action::external("sandbox", async move {
             compute.create(create, &caller).await
         }))
@@ -667,8 +690,9 @@ impl Handler for SnapshotSandbox {
     async fn handle(k: &Kernel, cx: &Cx, req: ById) -> Result<Action<Snapshot>> {
         let compute = k.compute()?.clone();
         owned(&compute, cx, &req.id).await?;
+        let caller = caller(cx, None)?;
         Ok(Action::external(req.id.clone(), async move {
-            compute.snapshot(&req.id).await
+            compute.snapshot(&req.id, &caller).await
         }))
     }
 }
@@ -702,6 +726,163 @@ impl Handler for DeleteSandbox {
                 removed: true,
             })
         }))
+    }
+}
+
+/// Which snapshots to list.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFilter {
+    /// Only those taken from this sandbox (`sbx_…`).
+    #[serde(default)]
+    pub sandbox: Option<String>,
+    /// Return snapshots after this id (the `next` of the previous page).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Page size, 1–500 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// `sandbox.snapshot_list`
+pub struct ListSnapshots;
+
+impl Syscall for ListSnapshots {
+    type Request = SnapshotFilter;
+    type Response = SnapshotPage;
+    const SPEC: Spec = spec!(
+        "sandbox.snapshot_list",
+        "List snapshots, oldest first, a page at a time, optionally only those of one sandbox (an agent: those it took).",
+        "snapshot",
+        Read,
+        Principal,
+        Get,
+        "/v1/snapshots",
+        200
+    );
+}
+
+impl Handler for ListSnapshots {
+    async fn handle(k: &Kernel, cx: &Cx, req: SnapshotFilter) -> Result<Action<SnapshotPage>> {
+        let page = k
+            .compute()?
+            .list_snapshots(
+                own_agent(cx),
+                req.sandbox.as_deref(),
+                req.after.as_deref(),
+                req.limit.unwrap_or(50),
+            )
+            .await?;
+        Ok(Action::Done(page))
+    }
+}
+
+/// `sandbox.snapshot_delete`
+pub struct DeleteSnapshot;
+
+impl Syscall for DeleteSnapshot {
+    type Request = ById;
+    type Response = Removed;
+    const SPEC: Spec = spec!(
+        "sandbox.snapshot_delete",
+        "Delete a snapshot and its files (sandboxes forked from it keep their workspaces).",
+        "snapshot",
+        External,
+        Principal,
+        Delete,
+        "/v1/snapshots/{id}",
+        200
+    );
+}
+
+impl Handler for DeleteSnapshot {
+    async fn handle(k: &Kernel, cx: &Cx, req: ById) -> Result<Action<Removed>> {
+        let compute = k.compute()?.clone();
+        owned_snapshot(&compute, cx, &req.id).await?;
+        Ok(Action::external(req.id.clone(), async move {
+            compute.delete_snapshot(&req.id).await?;
+            Ok(Removed {
+                id: req.id,
+                removed: true,
+            })
+        }))
+    }
+}
+
+/// Which usage records to read.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Only this agent's (an agent: only its own, whatever this says).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Only this task's (`tsk_…`).
+    #[serde(default)]
+    pub task: Option<String>,
+    /// Only this sandbox's (`sbx_…`).
+    #[serde(default)]
+    pub sandbox: Option<String>,
+    /// Return records after this id (the `next` of the previous page).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Page size, 1–500 (default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// `sandbox.usage`
+pub struct SandboxUsage;
+
+impl Syscall for SandboxUsage {
+    type Request = UsageQuery;
+    type Response = UsagePage;
+    const SPEC: Spec = spec!(
+        "sandbox.usage",
+        "List what sandbox runs and execs used (wall and CPU ms, peak memory, agent, task, sandbox), oldest first, a page at a time, with totals over every match (an agent: its own).",
+        "sandbox",
+        Read,
+        Principal,
+        Get,
+        "/v1/sandbox-usage",
+        200
+    );
+}
+
+impl Handler for SandboxUsage {
+    async fn handle(k: &Kernel, cx: &Cx, req: UsageQuery) -> Result<Action<UsagePage>> {
+        for (field, prefix, value) in [
+            ("agent", "agt", &req.agent),
+            ("task", "tsk", &req.task),
+            ("sandbox", "sbx", &req.sandbox),
+        ] {
+            if let Some(v) = value
+                && Id::parse(prefix, v).is_err()
+            {
+                return Err(Error::invalid(field, format!("'{v}' is not a {prefix}_… id")));
+            }
+        }
+        let compute = k.compute()?;
+        let limit = req.limit.unwrap_or(100);
+        let agent = match (own_agent(cx), req.agent) {
+            (None, asked) => asked,
+            (Some(me), None) => Some(me.to_string()),
+            (Some(me), Some(asked)) if asked == me => Some(asked),
+            // Another agent's usage: as if there were none.
+            (Some(_), Some(_)) => {
+                let nobody = UsageFilter {
+                    agent: Some(String::new()),
+                    ..Default::default()
+                };
+                return Ok(Action::Done(compute.usage(&nobody, None, limit).await?));
+            }
+        };
+        let filter = UsageFilter {
+            agent,
+            task: req.task,
+            sandbox: req.sandbox,
+        };
+        let page = compute.usage(&filter, req.after.as_deref(), limit).await?;
+        Ok(Action::Done(page))
     }
 }
 

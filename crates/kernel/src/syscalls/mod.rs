@@ -114,6 +114,9 @@ pub(crate) fn registry() -> Registry {
     r.add::<compute::StartSandbox>();
     r.add::<compute::SnapshotSandbox>();
     r.add::<compute::DeleteSandbox>();
+    r.add::<compute::ListSnapshots>();
+    r.add::<compute::DeleteSnapshot>();
+    r.add::<compute::SandboxUsage>();
     r.add::<compute::SetTemplate>();
     r.add::<compute::ListTemplates>();
     r.add::<compute::GetTemplate>();
