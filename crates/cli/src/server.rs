@@ -45,6 +45,14 @@ pub(crate) struct ServeArgs {
     /// Without it, memory recall is lexical, graph and recency only (a warning says so).
     #[arg(long, env = "STRATA_MODELS_DIR")]
     pub(crate) models_dir: Option<PathBuf>,
+    /// An OpenAI-compatible chat endpoint (`http://127.0.0.1:11434/v1`) that turns
+    /// messages into memory facts instead of the built-in rule extractor; its API
+    /// key, if it needs one, comes from the env `STRATA_LLM_API_KEY`.
+    #[arg(long, env = "STRATA_LLM_URL", value_name = "URL")]
+    pub(crate) llm_url: Option<String>,
+    /// The chat model `--llm-url` serves.
+    #[arg(long, env = "STRATA_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub(crate) llm_model: String,
     /// Serve no sandboxes (`sandbox.*` calls answer `sandbox_unavailable`).
     #[arg(long, env = "STRATA_NO_SANDBOXES")]
     pub(crate) no_sandboxes: bool,
@@ -76,6 +84,8 @@ impl ServeArgs {
             log_json: false,
             no_reconciler: false,
             models_dir: None,
+            llm_url: None,
+            llm_model: "gpt-4o-mini".into(),
             no_sandboxes: false,
             sandbox_pool: 0,
             sandbox_idle_stop: None,
@@ -179,6 +189,19 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     config.memory.embedder = strata_memory::builtin_embedder(&models);
     if let Some(e) = &config.memory.embedder {
         tracing::info!(model = e.model(), dir = %models.display(), "memory: embedding model loaded");
+    }
+    if let Some(url) = &args.llm_url {
+        let parsed = reqwest::Url::parse(url).with_context(|| format!("--llm-url {url} is not a URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            bail!("--llm-url {url} is not an http(s) URL");
+        }
+        let key = std::env::var("STRATA_LLM_API_KEY").ok().filter(|k| !k.is_empty());
+        config.memory.extractor = std::sync::Arc::new(strata_memory::chat::ChatExtractor::new(
+            url.as_str(),
+            key,
+            args.llm_model.as_str(),
+        ));
+        tracing::info!(url = %redact(url), model = %args.llm_model, "memory: facts extracted by a chat model");
     }
     if !args.no_sandboxes {
         open_for_sandboxes(dir)?;

@@ -677,7 +677,9 @@ pub(crate) async fn resync_on_change(inner: Weak<Inner>, mut rx: mpsc::Unbounded
                     }
                 });
             }
-            Err(e) => tracing::warn!(connection = %name, code = %e.code, "re-sync after tools/list_changed failed"),
+            Err(e) => {
+                tracing::warn!(connection = %name, code = %e.code, "re-sync after tools/list_changed failed")
+            }
         }
     }
 }

@@ -9,7 +9,8 @@
 //! top-k memories link back to through their sources, averaged over questions),
 //! context tokens per query for the top k (whitespace words × 1.3), ingest time
 //! and throughput, and search latency p50/p95 (query embedding included). The
-//! same figures come for BM25 over the raw turns and for the full conversation.
+//! same figures come for BM25 over the raw turns and for the full conversation,
+//! and Strata's for each conversation on its own (indented under the totals).
 //!
 //! The layer is driven in-process (no HTTP), so the figures are the memory
 //! engine's own. With the built-in model in `--models-dir` (or
@@ -203,6 +204,7 @@ pub(crate) async fn run(args: MemoryArgs) -> Result<ExitCode> {
 
     let (mut strata, mut bm25, mut full) = (Tally::default(), Tally::default(), Tally::default());
     let (mut turns_total, mut ingest_secs, mut memories) = (0usize, 0.0f64, 0usize);
+    let mut per_conv: Vec<(String, Tally)> = Vec::new();
     for conv in data.iter().take(limit) {
         let sample = conv["sample_id"].as_str().unwrap_or("conv").to_string();
         let c = &conv["conversation"];
@@ -249,6 +251,7 @@ pub(crate) async fn run(args: MemoryArgs) -> Result<ExitCode> {
         memories += memory.indexed();
         let baseline = TurnIndex::new(&raw);
         let full_tokens: usize = raw.iter().map(|(_, t)| term::token_cost(t)).sum();
+        let mut this_conv = Tally::default();
         for qa in conv["qa"].as_array().into_iter().flatten() {
             let cat = qa["category"].as_i64().unwrap_or(0);
             if !(1..=4).contains(&cat) {
@@ -287,6 +290,7 @@ pub(crate) async fn run(args: MemoryArgs) -> Result<ExitCode> {
                 })
                 .collect();
             strata.add(&evidence, &ranked, ms);
+            this_conv.add(&evidence, &ranked, ms);
             let found: HashSet<&String> = ranked.iter().take(10).flat_map(|(ids, _)| ids.iter()).collect();
             if misses > 0 && evidence.iter().any(|e| !found.contains(e)) {
                 misses -= 1;
@@ -317,12 +321,14 @@ pub(crate) async fn run(args: MemoryArgs) -> Result<ExitCode> {
             full.add(&evidence, &everything, 0.0);
         }
         store.close().await;
+        per_conv.push((sample, this_conv));
     }
     let report = json!({
         "file": file, "mode": mode, "conversations": data.len().min(limit), "turns": turns_total,
         "memory_versions": memories, "ingest_s": ingest_secs,
         "ingest_turns_per_s": turns_total as f64 / ingest_secs.max(1e-9),
         "strata": strata.json(), "bm25_turns": bm25.json(), "full_context": full.json(),
+        "strata_per_conversation": per_conv.iter().map(|(s, t)| json!({"sample_id": s, "figures": t.json()})).collect::<Vec<_>>(),
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -345,11 +351,13 @@ pub(crate) async fn run(args: MemoryArgs) -> Result<ExitCode> {
         "{:<14} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "system", "R@5", "R@10", "R@25", "tok@5", "tok@10", "tok@25", "p50 ms", "p95 ms"
     );
-    for (name, t) in [
-        ("strata", &strata),
-        ("bm25 turns", &bm25),
-        ("full context", &full),
-    ] {
+    let rows = [
+        ("strata".to_string(), &strata),
+        ("bm25 turns".to_string(), &bm25),
+        ("full context".to_string(), &full),
+    ];
+    let convs = per_conv.iter().map(|(s, t)| (format!("  {s}"), t));
+    for (name, t) in rows.into_iter().chain(convs) {
         let j = t.json();
         let f = |k: &str| j[k].as_f64().unwrap_or(0.0);
         println!(

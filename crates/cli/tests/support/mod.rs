@@ -33,6 +33,9 @@ pub(crate) fn strata() -> Command {
         "STRATA_LISTEN",
         "STRATA_MAX_BODY_BYTES",
         "STRATA_MODELS_DIR",
+        "STRATA_LLM_URL",
+        "STRATA_LLM_MODEL",
+        "STRATA_LLM_API_KEY",
     ] {
         cmd.env_remove(key);
     }
@@ -172,8 +175,15 @@ impl Server {
 
     /// Starts a server on `dir`: its URL once it serves, or how it exited.
     pub(crate) fn try_start(dir: &Path) -> Result<Server, Refused> {
-        let mut child = strata()
-            .arg("serve")
+        let mut cmd = strata();
+        cmd.arg("serve");
+        Server::try_start_with(dir, cmd)
+    }
+
+    /// Like [`Server::try_start`] for a prepared `strata() serve …` command
+    /// (extra flags, env vars); the data folder and listen address are added.
+    pub(crate) fn try_start_with(dir: &Path, mut cmd: Command) -> Result<Server, Refused> {
+        let mut child = cmd
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
