@@ -466,6 +466,7 @@ async fn every_documented_code_has_a_test_here() {
         "upstream_malformed",
         "upstream_too_large",
         "upstream_timeout",
+        "idempotency_key_in_flight",
         // In memories.rs:
         "invalid_filter",
         "memory_too_large",
