@@ -36,7 +36,6 @@ pub struct Reply {
     pub replayed: bool,
 }
 
-/// Why a write did not commit.
 /// A unique violation on an idempotency key as [`WriteError::KeyTaken`].
 fn key_taken(e: strata_store::Error) -> WriteError {
     if e.is_unique_violation() {
@@ -46,6 +45,7 @@ fn key_taken(e: strata_store::Error) -> WriteError {
     }
 }
 
+/// Why a write did not commit.
 enum WriteError {
     /// The layer refused (its changes rolled back).
     Layer(Error),
@@ -262,13 +262,7 @@ impl Kernel {
                         };
                         idempotency::record(c, &scope, &key, &rec, now)
                             .await
-                            .map_err(|e| {
-                                if e.is_unique_violation() {
-                                    WriteError::KeyTaken
-                                } else {
-                                    WriteError::Store(e)
-                                }
-                            })?;
+                            .map_err(key_taken)?;
                     }
                     let resources = if resources.is_empty() {
                         vec![spec.resource.to_string()]
