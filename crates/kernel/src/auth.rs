@@ -4,8 +4,12 @@
 //! [`CACHE_TTL_MS`] saves that read on hot paths. Revocations and deletions made
 //! through this kernel clear the cache at once; on other replicas of a PostgreSQL
 //! deployment a revoked token stops working within the TTL.
+//!
+//! An agent's labels never change after it is created (and its id is never
+//! reused), so the labels the tool gateway matches grants against are cached
+//! without a TTL.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +39,10 @@ impl TokenCache {
         }
     }
 }
+
+/// Agents' labels by agent id.
+#[derive(Default)]
+pub(crate) struct LabelCache(RwLock<HashMap<String, BTreeMap<String, String>>>);
 
 impl Kernel {
     /// Resolves a bearer token (without the `Bearer ` prefix) to a principal.
@@ -66,7 +74,27 @@ impl Kernel {
         Ok(v.principal)
     }
 
+    /// The labels of agent `agent_id` (read once, then cached).
+    pub(crate) async fn agent_labels(&self, agent_id: &str) -> Result<BTreeMap<String, String>> {
+        let cache = &self.inner.labels.0;
+        if let Some(l) = cache.read().ok().and_then(|m| m.get(agent_id).cloned()) {
+            return Ok(l);
+        }
+        let labels = self.inner.identity.get(agent_id).await?.labels;
+        if let Ok(mut m) = cache.write() {
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+            m.insert(agent_id.to_string(), labels.clone());
+        }
+        Ok(labels)
+    }
+
+    /// Drops every cached token (and agent labels, so a deleted agent's go too).
     pub(crate) fn forget_tokens(&self) {
         self.inner.tokens.clear();
+        if let Ok(mut m) = self.inner.labels.0.write() {
+            m.clear();
+        }
     }
 }

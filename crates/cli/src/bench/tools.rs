@@ -144,6 +144,10 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
             "added_mcp".into(),
             json!({"p50_ms": p(1, 0.5) - p(0, 0.5), "p99_ms": p(1, 0.99) - p(0, 0.99)}),
         );
+        out.insert(
+            "added_rest".into(),
+            json!({"p50_ms": p(2, 0.5) - p(0, 0.5), "p99_ms": p(2, 0.99) - p(0, 0.99)}),
+        );
         out.insert("concurrency".into(), json!(conc));
         println!("{}", Value::Object(out));
     } else {

@@ -57,7 +57,7 @@ pub async fn caller(k: &Kernel, principal: &Principal) -> Result<Caller> {
     match principal {
         Principal::Admin { .. } => Ok(Caller::Operator),
         Principal::Agent { agent_id, .. } => {
-            let labels: BTreeMap<String, String> = k.identity().get(agent_id).await?.labels;
+            let labels: BTreeMap<String, String> = k.agent_labels(agent_id).await?;
             Ok(Caller::Agent {
                 id: agent_id.clone(),
                 labels,
