@@ -292,13 +292,15 @@ impl Index {
         &self.entries[i as usize].row
     }
 
-    /// The lexical, vector and graph signals of every eligible version that has one.
+    /// The lexical, vector and graph signals of every eligible version that has one,
+    /// and the upper bound of the lexical signal for this query (Σ idf·(k1 + 1)
+    /// over its distinct known terms; BM25 of a term stays below idf·(k1 + 1)).
     pub(crate) fn signals(
         &self,
         eligible: &[u32],
         query: &str,
         query_vec: Option<&[f32]>,
-    ) -> HashMap<u32, Signals> {
+    ) -> (HashMap<u32, Signals>, f32) {
         let mut allowed = vec![false; self.entries.len()];
         for &i in eligible {
             allowed[i as usize] = true;
@@ -308,6 +310,7 @@ impl Index {
         let n = self.entries.len().max(1) as f32;
         let avg = (self.total_len as f32 / n).max(1.0);
         let mut seen = HashSet::new();
+        let mut bound = 0.0_f32;
         for t in term::terms(query) {
             let Some(&id) = self.vocab.get(&t) else { continue };
             if !seen.insert(id) {
@@ -316,6 +319,7 @@ impl Index {
             let post = &self.postings[id as usize];
             let df = post.len() as f32;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            bound += idf * (K1 + 1.0);
             for &(doc, tf) in post {
                 if !allowed[doc as usize] {
                     continue;
@@ -364,7 +368,7 @@ impl Index {
                 }
             }
         }
-        out
+        (out, bound)
     }
 
     /// The open version with exactly this content hash (which covers the scope).

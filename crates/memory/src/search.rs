@@ -2,8 +2,11 @@
 //!
 //! For every version the read may see (current ones, or those valid at `as_of`,
 //! within the filter and the viewer's rights), four signals in 0–1:
-//! - `lexical` = BM25(query, memory) / max BM25 over the hits (k1 = 1.2, b = 0.75,
-//!   terms stemmed, stop words dropped);
+//! - `lexical` = BM25(query, memory) / Σ idf·(k1 + 1) over the query's distinct
+//!   known terms — the score a memory would reach by matching every term at
+//!   saturation — so a memory matching one rare word of a long question is not
+//!   lifted to 1 just because nothing matched better (k1 = 1.2, b = 0.75, terms
+//!   stemmed, stop words dropped);
 //! - `vector` = max(0, cosine(query vector, memory vector)) (0 without an embedder);
 //! - `graph` = Σ over entities named in the query (and, at half weight, their
 //!   neighbours in the relation graph) of 1 / ln(2 + memories linked to the entity),
@@ -123,8 +126,7 @@ impl Memory {
         let hits: Vec<(VersionRow, ScoreParts, f32)> = {
             let idx = self.read_index()?;
             let eligible = idx.eligible(at, &viewer, &filter);
-            let signals = idx.signals(&eligible, query, qv.as_deref());
-            let max_lex = signals.values().map(|s| s.lexical).fold(0.0_f32, f32::max);
+            let (signals, lex_bound) = idx.signals(&eligible, query, qv.as_deref());
             let max_graph = signals.values().map(|s| s.graph).fold(0.0_f32, f32::max);
             let w = if qv.is_some() {
                 WEIGHTS_HYBRID
@@ -138,7 +140,11 @@ impl Memory {
                     let row = idx.entry(doc);
                     let age = (reference - row.valid_from).max(0) as f64;
                     let parts = ScoreParts {
-                        lexical: if max_lex > 0.0 { s.lexical / max_lex } else { 0.0 },
+                        lexical: if lex_bound > 0.0 {
+                            s.lexical / lex_bound
+                        } else {
+                            0.0
+                        },
                         vector: s.vector.max(0.0),
                         graph: if max_graph > 0.0 { s.graph / max_graph } else { 0.0 },
                         recency: 0.5_f64.powf(age / half_life_ms) as f32,
