@@ -228,6 +228,14 @@ impl Group {
         self.read_u64(Kind::Memory, "memory.max_usage_in_bytes")
     }
 
+    /// Starts [`Group::peak_memory`] again from the current usage (v1 resets
+    /// `memory.max_usage_in_bytes` on any write).
+    pub(crate) fn reset_peak_memory(&self) {
+        if let Some(d) = self.dir(Kind::Memory) {
+            let _ = fs::write(d.join("memory.max_usage_in_bytes"), "0");
+        }
+    }
+
     /// How many processes the OOM killer has killed in the group.
     pub(crate) fn oom_kills(&self) -> u64 {
         let Some(d) = self.dir(Kind::Memory) else { return 0 };

@@ -32,7 +32,10 @@
 //!
 //! An exec in a persistent sandbox is a third shape (`Mode::Enter`): the init
 //! joins the holder's cgroups and namespaces with `setns`, forks, and the
-//! child drops privileges and execs.
+//! child drops privileges and execs. A pooled sandbox (`Mode::Serve`) is
+//! built like a holder, but its pid 1 waits for one command on the control
+//! socket and forks it itself: a warm `run` starts no init and joins no
+//! namespace or cgroup.
 //!
 //! Before exec the command's process: has uid/gid 1000 (no capabilities, even
 //! in its namespace), `no_new_privs`, the seccomp filters of
@@ -141,7 +144,7 @@ fn init_main() -> i32 {
         }
     }
     match &spec.mode {
-        Mode::Run | Mode::Hold => match &spec.build {
+        Mode::Run | Mode::Hold | Mode::Serve => match &spec.build {
             Some(build) => host_side(&spec, build, &control),
             None => {
                 report(&control, &setup_failed("spec", "no build section".into()));
@@ -279,7 +282,7 @@ fn namespace_side(spec: &Spec, build: &Build, control: &UnixStream, ready_w: Own
         Ok(ForkResult::Parent { child }) => {
             release_output();
             report(control, &Report::Started { pid: child.as_raw() });
-            if matches!(spec.mode, Mode::Hold) {
+            if matches!(spec.mode, Mode::Hold | Mode::Serve) {
                 return 0;
             }
             report(control, &wait_report(child));
@@ -342,6 +345,7 @@ fn sandbox_pid1(spec: &Spec, build: &Build, control: &UnixStream) -> i32 {
             while matches!((&*control).read(&mut buf), Ok(n) if n > 0) {}
             0
         }
+        Mode::Serve => serve(control),
         _ => match &spec.exec {
             Some(exec) => exec_command(exec, control),
             None => {
@@ -349,6 +353,40 @@ fn sandbox_pid1(spec: &Spec, build: &Build, control: &UnixStream) -> i32 {
                 1
             }
         },
+    }
+}
+
+/// A pooled sandbox's pid 1: report ready, wait for the command, run it as a
+/// child, report how it ended. The sandbox ends when this returns.
+fn serve(control: &UnixStream) -> i32 {
+    report(control, &Report::Ready);
+    let mut line = String::new();
+    match BufReader::new(control).read_line(&mut line) {
+        Ok(0) => return 0, // retired unused
+        Ok(_) => {}
+        Err(e) => {
+            report(control, &setup_failed("spec", e.to_string()));
+            return 1;
+        }
+    }
+    let exec: Exec = match serde_json::from_str(&line) {
+        Ok(e) => e,
+        Err(e) => {
+            report(control, &setup_failed("spec", format!("bad command: {e}")));
+            return 1;
+        }
+    };
+    match os::fork() {
+        Err(e) => {
+            report(control, &setup_failed("fork", e.to_string()));
+            1
+        }
+        Ok(ForkResult::Child) => exec_command(&exec, control),
+        Ok(ForkResult::Parent { child }) => {
+            release_output();
+            report(control, &wait_report(child));
+            0
+        }
     }
 }
 

@@ -139,17 +139,79 @@ pub(crate) async fn run(
     let started = Instant::now();
     let (mut child, mut control) = spawn_init(init_program, true)?;
     send_spec(&mut control, spec).await?;
+    let output = Output {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+    };
+    let fin = follow(control, output, sink, timeout, kill_group, started).await;
+    Ok((fin, child))
+}
+
+/// The output pipes of a sandbox's command.
+pub(crate) struct Output {
+    pub stdout: Option<tokio::process::ChildStdout>,
+    pub stderr: Option<tokio::process::ChildStderr>,
+}
+
+/// A pooled sandbox ([`crate::wire::Mode::Serve`]) waiting for its command.
+pub(crate) struct Served {
+    /// The server's end of the control socket.
+    pub control: tokio::net::UnixStream,
+    /// The pipes its pid 1 holds for the command.
+    pub output: Output,
+}
+
+/// Starts a pooled sandbox and waits until it is built. Returns the holder's
+/// host pid and what [`serve`] needs to run its one command; the sandbox
+/// ends when the control socket closes.
+pub(crate) async fn build_served(init_program: &Path, spec: &Spec) -> Result<(i32, Served)> {
+    let (mut child, mut control) = spawn_init(init_program, true)?;
+    send_spec(&mut control, spec).await?;
+    let output = Output {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+    };
+    let pid = wait_ready(&mut child, &mut control).await?;
+    Ok((pid, Served { control, output }))
+}
+
+/// Runs `exec` in a pooled sandbox, like [`run`].
+pub(crate) async fn serve(
+    served: Served,
+    exec: &crate::wire::Exec,
+    sink: Sink,
+    timeout: Duration,
+    kill_group: &Group,
+) -> Result<Finished> {
+    let started = Instant::now();
+    let Served { mut control, output } = served;
+    let mut line = serde_json::to_vec(exec).map_err(Error::internal)?;
+    line.push(b'\n');
+    control
+        .write_all(&line)
+        .await
+        .map_err(|e| Error::internal(format!("sending the command: {e}")))?;
+    Ok(follow(control, output, sink, timeout, kill_group, started).await)
+}
+
+/// Collects a command's reports and output until it ends or times out.
+async fn follow(
+    control: tokio::net::UnixStream,
+    output: Output,
+    sink: Sink,
+    timeout: Duration,
+    kill_group: &Group,
+    started: Instant,
+) -> Finished {
     let (cap, tx) = match sink {
         Sink::Capture(c) => (c, None),
         Sink::Stream(c, tx) => (c, Some(tx)),
     };
-    let out = child
+    let out = output
         .stdout
-        .take()
         .map(|r| tokio::spawn(pump(r, cap, tx.clone().map(|t| (Stream::Stdout, t)))));
-    let err = child
+    let err = output
         .stderr
-        .take()
         .map(|r| tokio::spawn(pump(r, cap, tx.map(|t| (Stream::Stderr, t)))));
 
     let mut fin = Finished::default();
@@ -205,7 +267,7 @@ pub(crate) async fn run(
         fin.stderr = b;
         fin.stderr_truncated = tr;
     }
-    Ok((fin, child))
+    fin
 }
 
 /// Starts a holder ([`crate::wire::Mode::Hold`]) and waits until its sandbox
@@ -214,7 +276,17 @@ pub(crate) async fn run(
 pub(crate) async fn hold(init_program: &Path, spec: &Spec) -> Result<(i32, OwnedFd)> {
     let (mut child, mut control) = spawn_init(init_program, false)?;
     send_spec(&mut control, spec).await?;
-    let mut reader = BufReader::new(&mut control);
+    let pid = wait_ready(&mut child, &mut control).await?;
+    let fd = control
+        .into_std()
+        .map_err(|e| Error::internal(format!("control socket: {e}")))?;
+    Ok((pid, OwnedFd::from(fd)))
+}
+
+/// Waits for a holder's `Ready` (the host-side process exits once it is
+/// built) and returns the holder's host pid.
+async fn wait_ready(child: &mut tokio::process::Child, control: &mut tokio::net::UnixStream) -> Result<i32> {
+    let mut reader = BufReader::new(control);
     let mut pid = None;
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
         let mut line = String::new();
@@ -244,9 +316,5 @@ pub(crate) async fn hold(init_program: &Path, spec: &Spec) -> Result<(i32, Owned
     .unwrap_or_else(|_| Err(Error::internal("the sandbox init did not get ready within 10 s")));
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     outcome?;
-    let pid = pid.ok_or_else(|| Error::internal("the holder did not report its pid"))?;
-    let fd = control
-        .into_std()
-        .map_err(|e| Error::internal(format!("control socket: {e}")))?;
-    Ok((pid, OwnedFd::from(fd)))
+    pid.ok_or_else(|| Error::internal("the holder did not report its pid"))
 }

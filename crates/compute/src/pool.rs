@@ -1,14 +1,18 @@
 //! The warm pool: sandboxes built ahead of time so an ephemeral `run` only
 //! has to exec.
 //!
-//! With `Config::pool_size` > 0 the service keeps that many holders ready,
+//! With `Config::pool_size` > 0 the service keeps that many sandboxes ready,
 //! each with the default limits, no network and an empty tmpfs workspace
-//! inside its own mount namespace. A `run` that asks for nothing else (no
-//! template, default limits, no network) takes one, joins it like an exec
-//! (its files are written by the exec'd process, already as the sandbox
-//! user, just before the command), and retires the sandbox — it is never
-//! reused — while a replacement is built in the background. When the pool
-//! is empty, `run` builds a sandbox as usual.
+//! inside its own mount namespace, its pid 1 waiting on the control socket
+//! ([`crate::wire::Mode::Serve`]). A `run` that asks for nothing else (no
+//! template, default limits, no network) takes one and sends it the command,
+//! which that pid 1 forks: nothing is joined and no init is started, so only
+//! a fork and an exec remain (the files are written by the forked process,
+//! already as the sandbox user, just before the command). The sandbox is
+//! then retired — it is never reused — and a replacement is built in the
+//! background once the run has its answer. Its CPU time is what the group
+//! used after the command was sent, its peak memory what it used since.
+//! When the pool is empty, `run` builds a sandbox as usual.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,16 +21,22 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use strata_core::{Id, Result};
 
-use crate::exec::{Caller, ExecRequest, Limits, Network, RunOutcome, RunRequest};
-use crate::launch::{self, Sink};
+use crate::exec::{self, Caller, Limits, Network, RunOutcome, RunRequest};
+use crate::launch::{self, Served, Sink};
 use crate::sandbox::Live;
 use crate::wire::{Build, Mode, Spec, WorkspaceMount};
-use crate::{Compute, group_limits};
+use crate::{Compute, Measured, group_limits, outcome_of};
 
-/// Ready holders.
+/// A ready sandbox and the way to hand it its command.
+pub(crate) struct Pooled {
+    live: Live,
+    served: Served,
+}
+
+/// Ready sandboxes.
 #[derive(Default)]
 pub(crate) struct Pool {
-    ready: std::sync::Mutex<Vec<Live>>,
+    ready: std::sync::Mutex<Vec<Pooled>>,
     building: AtomicUsize,
     /// Set by `drain_pool`: nothing more is built.
     closed: std::sync::atomic::AtomicBool,
@@ -55,9 +65,9 @@ impl Compute {
             self.inner.pool.building.fetch_add(1, Ordering::SeqCst);
             let built = self.build_pooled().await;
             self.inner.pool.building.fetch_sub(1, Ordering::SeqCst);
-            let live = built?;
+            let pooled = built?;
             if self.inner.pool.closed.load(Ordering::SeqCst) {
-                self.end_live(live, false).await;
+                self.end_live(pooled.live, false).await;
                 break;
             }
             self.inner
@@ -65,7 +75,7 @@ impl Compute {
                 .ready
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(live);
+                .push(pooled);
         }
         Ok(())
     }
@@ -86,20 +96,20 @@ impl Compute {
         while self.inner.pool.building.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        let all: Vec<Live> =
+        let all: Vec<Pooled> =
             std::mem::take(&mut *self.inner.pool.ready.lock().unwrap_or_else(|p| p.into_inner()));
-        for live in all {
-            self.end_live(live, false).await;
+        for p in all {
+            self.end_live(p.live, false).await;
         }
     }
 
-    async fn build_pooled(&self) -> Result<Live> {
+    async fn build_pooled(&self) -> Result<Pooled> {
         let cfg = self.config().clone();
         let limits = cfg.default_limits;
         let name = Id::new("pool").to_string();
         let group = Arc::new(self.make_group(name.clone(), group_limits(&limits)).await?);
         let spec = Spec {
-            mode: Mode::Hold,
+            mode: Mode::Serve,
             cgroup_procs: group.procs_files(),
             build: Some(Build {
                 host_root_uid: cfg.host_root_uid,
@@ -115,16 +125,20 @@ impl Compute {
             }),
             exec: None,
         };
-        match launch::hold(&cfg.init_program, &spec).await {
-            Ok((holder, lifeline)) => Ok(Live {
-                holder,
-                lifeline: Some(lifeline),
-                group,
-                name,
-                // Not reached from the host: files go in through the exec.
-                ws: PathBuf::from(format!("/proc/{holder}/root/workspace")),
-                last_used: AtomicI64::new(self.now()),
-                execs: AtomicU64::new(0),
+        match launch::build_served(&cfg.init_program, &spec).await {
+            Ok((holder, served)) => Ok(Pooled {
+                live: Live {
+                    holder,
+                    // The control socket, in `served`, is the lifeline.
+                    lifeline: None,
+                    group,
+                    name,
+                    // Not reached from the host: files go in with the command.
+                    ws: PathBuf::from(format!("/proc/{holder}/root/workspace")),
+                    last_used: AtomicI64::new(self.now()),
+                    execs: AtomicU64::new(0),
+                },
+                served,
             }),
             Err(e) => {
                 let _ = tokio::task::spawn_blocking(move || group.remove()).await;
@@ -142,40 +156,57 @@ impl Compute {
         if !fits {
             return None;
         }
-        let live = self
+        let pooled = self
             .inner
             .pool
             .ready
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()?;
-        self.refill_pool();
-        let out = self.run_in_pooled(&live, req, caller).await;
+        let Pooled { live, served } = pooled;
+        let out = self.run_in_pooled(&live, served, req, caller).await;
         self.retire(live);
+        self.refill_pool();
         Some(out)
     }
 
-    async fn run_in_pooled(&self, live: &Live, req: &RunRequest, caller: &Caller) -> Result<RunOutcome> {
+    async fn run_in_pooled(
+        &self,
+        live: &Live,
+        served: Served,
+        req: &RunRequest,
+        caller: &Caller,
+    ) -> Result<RunOutcome> {
         let limits = self.config().default_limits;
-        let files = self.seed_files(&req.files, limits.workspace_bytes)?;
-        let exec = ExecRequest {
-            command: req.command.clone(),
-            stdin: req.stdin.clone(),
-            timeout_ms: req.timeout_ms,
-            env: req.env.clone(),
-            cwd: req.cwd.clone(),
+        exec::check_command(&req.command)?;
+        let timeout = exec::check_timeout(self.config(), req.timeout_ms)?;
+        let command = crate::wire::Exec {
+            argv: req.command.clone(),
+            env: exec::environment([&BTreeMap::new(), &req.env])?,
+            cwd: exec::check_cwd(req.cwd.as_deref())?,
+            rlimits: self.rlimits(&limits),
+            stdin: req.stdin.clone().map(String::into_bytes).unwrap_or_default(),
+            files: self.seed_files(&req.files, limits.workspace_bytes)?,
+            filters: crate::filters()?,
         };
-        self.exec_in(
-            None,
-            &limits,
-            &BTreeMap::new(),
-            live,
-            exec,
-            files,
-            caller,
+        let group = &live.group;
+        // What building the sandbox used is not the run's.
+        let cpu_before = group.cpu_ns();
+        group.reset_peak_memory();
+        let finished = launch::serve(
+            served,
+            &command,
             Sink::Capture(limits.output_bytes as usize),
+            std::time::Duration::from_millis(timeout),
+            group,
         )
-        .await
+        .await?;
+        let measured = Measured {
+            oom: group.oom_kills() > 0,
+            cpu_ns: group.cpu_ns().map(|n| n.saturating_sub(cpu_before.unwrap_or(0))),
+            peak_memory: group.peak_memory(),
+        };
+        outcome_of(finished, measured, caller, None)
     }
 
     /// Ends a used pooled sandbox after the reply.

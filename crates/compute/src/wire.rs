@@ -19,6 +19,11 @@ pub(crate) enum Mode {
     /// Build a sandbox whose pid 1 waits (for [`Mode::Enter`]) until the
     /// server's end of the control socket closes.
     Hold,
+    /// Build a sandbox whose pid 1 waits for one [`Exec`] line on the control
+    /// socket, runs it as its child — already inside every namespace and
+    /// cgroup, so nothing is joined — reports how it ended, and exits (a
+    /// pooled sandbox; the socket closing first ends it unused).
+    Serve,
     /// Join the namespaces of the holder with this host pid and run one command.
     Enter {
         /// The holder's pid in the host's pid namespace.
@@ -120,7 +125,7 @@ pub(crate) struct Spec {
     pub cgroup_procs: Vec<PathBuf>,
     /// How to build the sandbox (not used by [`Mode::Enter`]).
     pub build: Option<Build>,
-    /// The command (not used by [`Mode::Hold`]).
+    /// The command (not used by [`Mode::Hold`]; sent later by [`Mode::Serve`]).
     pub exec: Option<Exec>,
 }
 

@@ -7,7 +7,11 @@ use super::harness::{env_with, py, sh};
 
 #[tokio::test]
 async fn pooled_runs_behave_like_cold_ones_and_the_pool_refills() {
-    let e = env_with(Backend::Sqlite, false, |c| c.pool_size = 2).await;
+    let e = env_with(Backend::Sqlite, false, |c| {
+        c.pool_size = 2;
+        c.default_limits.memory_bytes = 96 << 20;
+    })
+    .await;
     e.compute.fill_pool().await.unwrap();
     assert_eq!(e.compute.pool_ready(), 2);
     let caller = Caller::default();
@@ -37,6 +41,38 @@ async fn pooled_runs_behave_like_cold_ones_and_the_pool_refills() {
         .await
         .unwrap();
     assert_eq!(o.stdout, "-1 1\n101\n", "{o:?}");
+    // The memory limit holds, a missing program is exec_failed, and usage
+    // counts the command, not the building of its sandbox.
+    e.compute.fill_pool().await.unwrap();
+    let o = e
+        .compute
+        .run(py("b = bytearray(300 << 20)\nprint('allocated')"), &caller)
+        .await
+        .unwrap();
+    assert_eq!(o.status, Status::Oom, "{o:?}");
+    assert!(!o.stdout.contains("allocated"));
+    e.compute.fill_pool().await.unwrap();
+    let o = e
+        .compute
+        .run(
+            strata_compute::RunRequest {
+                command: vec!["no-such-program-xyz".into()],
+                ..Default::default()
+            },
+            &caller,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.status, Status::ExecFailed, "{o:?}");
+    assert!(o.error.unwrap_or_default().contains("no-such-program-xyz"));
+    e.compute.fill_pool().await.unwrap();
+    let o = e
+        .compute
+        .run(py("b = bytearray(40 << 20)\nprint(len(b))"), &caller)
+        .await
+        .unwrap();
+    assert!(o.usage.peak_memory_bytes >= 40 << 20, "{o:?}");
+    assert!(o.usage.peak_memory_bytes < 96 << 20, "{o:?}");
     // Timeouts still end the run; requests with their own limits build a sandbox.
     e.compute.fill_pool().await.unwrap();
     let mut slow = sh("sleep 30");
