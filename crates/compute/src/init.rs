@@ -416,7 +416,10 @@ fn assemble_root(b: &Build) -> Step {
             Some("size=1m,mode=0755"),
         ),
     )?;
-    for host in &b.ro_binds {
+    // Binds under the sandbox's own /tmp or /workspace go in once those are
+    // mounted, or the mounts would hide them.
+    let private = |p: &Path| p.starts_with("/tmp") || p.starts_with("/workspace");
+    for host in b.ro_binds.iter().filter(|p| !private(p)) {
         bind_read_only(host, &inside(root, host))?;
     }
     // A minimal /etc of our own; real files from the host are in ro_binds.
@@ -529,6 +532,9 @@ fn assemble_root(b: &Build) -> Step {
             &p,
             fs::set_permissions(&p, fs::Permissions::from_mode(f.mode & 0o777)),
         )?;
+    }
+    for host in b.ro_binds.iter().filter(|p| private(p)) {
+        bind_read_only(host, &inside(root, host))?;
     }
     at("pivot_root", root, nix::unistd::chdir(root))?;
     at("pivot_root", root, nix::unistd::pivot_root(".", "."))?;

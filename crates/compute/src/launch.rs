@@ -9,9 +9,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use strata_core::{Error, Result};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cgroup::Group;
 use crate::exec::{Chunk, ExecEvent, Stream};
@@ -123,6 +124,15 @@ async fn pump(
     (kept, truncated)
 }
 
+/// A way to signal a command's main process while it runs (a service's stop).
+pub(crate) struct Control {
+    /// Told the main process's host pid once it exists.
+    pub(crate) started: Option<oneshot::Sender<i32>>,
+    /// Signals to send it. A signal that comes before the process exists is
+    /// sent once it does; when every sender is gone, it is killed.
+    pub(crate) signals: mpsc::UnboundedReceiver<Signal>,
+}
+
 /// Runs a command ([`crate::wire::Mode::Run`] or [`crate::wire::Mode::Enter`])
 /// to its end or its timeout. On timeout, or once the command's main process
 /// has ended, everything left in `kill_group` is killed. Returns as soon as
@@ -135,6 +145,34 @@ pub(crate) async fn run(
     sink: Sink,
     timeout: Duration,
     kill_group: &Group,
+) -> Result<(Finished, tokio::process::Child)> {
+    run_controlled(init_program, spec, sink, timeout, kill_group, None).await
+}
+
+/// The next signal `control` asks for; never, without a control. Once its
+/// senders are all gone, `SIGKILL` (a dropped handle leaves nothing running).
+async fn next_signal(control: &mut Option<Control>) -> Signal {
+    let Some(c) = control else {
+        return std::future::pending().await;
+    };
+    match c.signals.recv().await {
+        Some(s) => s,
+        None => {
+            *control = None;
+            Signal::SIGKILL
+        }
+    }
+}
+
+/// [`run`], with the main process signalled as `control` asks
+/// (`Duration::MAX`: no timeout).
+pub(crate) async fn run_controlled(
+    init_program: &Path,
+    spec: &Spec,
+    sink: Sink,
+    timeout: Duration,
+    kill_group: &Group,
+    mut ctl: Option<Control>,
 ) -> Result<(Finished, tokio::process::Child)> {
     let started = Instant::now();
     let (mut child, mut control) = spawn_init(init_program, true)?;
@@ -217,6 +255,7 @@ async fn follow(
     let mut fin = Finished::default();
     let mut lines = BufReader::new(control).lines();
     let mut main_pid: Option<i32> = None;
+    let mut early: Option<Signal> = None;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
@@ -224,7 +263,15 @@ async fn follow(
             line = lines.next_line() => {
                 let Ok(Some(line)) = line else { break };
                 match serde_json::from_str::<Report>(&line) {
-                    Ok(Report::Started { pid }) => main_pid = Some(pid),
+                    Ok(Report::Started { pid }) => {
+                        main_pid = Some(pid);
+                        if let Some(tx) = ctl.as_mut().and_then(|c| c.started.take()) {
+                            let _ = tx.send(pid);
+                        }
+                        if let Some(sig) = early.take() {
+                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                        }
+                    }
                     Ok(Report::ExecFailed { reason }) => fin.exec_failed = Some(reason),
                     Ok(Report::SetupFailed { stage, reason }) => fin.setup_failed = Some((stage, reason)),
                     Ok(r @ Report::Exited { .. }) => {
@@ -235,6 +282,14 @@ async fn follow(
                     Err(e) => tracing::warn!(%e, line, "unreadable report from the sandbox init"),
                 }
             }
+            sig = next_signal(&mut ctl) => match main_pid {
+                Some(pid) => {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
+                // SIGKILL wins over an earlier SIGTERM.
+                None if early != Some(Signal::SIGKILL) => early = Some(sig),
+                None => {}
+            },
             () = &mut deadline => {
                 fin.timed_out = true;
                 if let Some(pid) = main_pid {

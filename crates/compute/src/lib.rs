@@ -12,6 +12,9 @@
 //! - [`Compute::create`] and friends ([`sandbox`]): persistent sandboxes with a
 //!   workspace that survives execs and stop/start, files in and out,
 //!   snapshots and forks, idle stop and TTL via [`Compute::sweep`].
+//! - [`Compute::start_service`] ([`service`]): one long-running command in a
+//!   sandbox of its own, signalled and streamed, torn down when it ends (the
+//!   orchestrator's managed agents).
 //! - [`template`]: named base configurations.
 //! - the warm pool (`Config::pool_size`): sandboxes built ahead for `run`.
 //! - [`exec`]: the request and outcome types, with usage for metering.
@@ -34,6 +37,7 @@ mod pool;
 mod repo;
 pub mod sandbox;
 pub mod seccomp;
+pub mod service;
 pub mod template;
 pub mod usage;
 mod wire;
@@ -54,6 +58,7 @@ pub use exec::{
 pub use init::maybe_run_init;
 pub use repo::MIGRATIONS;
 pub use sandbox::{CreateSandbox, SandboxInfo, SandboxState, Snapshot, SnapshotPage};
+pub use service::{Service, ServiceEvent, ServiceRequest};
 pub use template::Template;
 pub use usage::{UsageFilter, UsagePage, UsageRecord, UsageTotals};
 pub use workspace::FileEntry;

@@ -17,8 +17,15 @@
 //! - replicas beyond the count, of a changed spec, or of a deleted deployment
 //!   get SIGTERM, then SIGKILL after the grace period.
 //!
-//! Processes run in their own process group and, where `setpriv` exists, die
-//! with the server. Each replica's last 500 output lines are kept for
+//! Each replica runs in a sandbox of its own (`strata_compute::service`)
+//! unless its spec says `sandbox: false`: networked with `host-egress` by
+//! default (it must reach `STRATA_URL` on the host's loopback), with its
+//! `workdir` bound read-only at the same path as its working folder, and its
+//! usage stored and metered as its agent's. A sandbox dies with the server
+//! (its holder's lifeline closes). Where the compute layer is unavailable, a
+//! sandboxed replica fails with the reason rather than running unsandboxed.
+//! Plain replicas run in their own process group and, where `setpriv` exists,
+//! die with the server. Each replica's last 500 output lines are kept for
 //! `strata logs`. State is per server. Of several servers sharing one
 //! PostgreSQL, only the one holding the `reconciler` leadership
 //! (`orchestrator::leader`, renewed every tick, 5 s claims) runs processes; a
@@ -35,7 +42,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Value, json};
 use strata_core::{Error, Principal, Result, time::rfc3339};
-use strata_orchestrator::fleet::{Applied, Deployment, Restart};
+use strata_orchestrator::fleet::{AgentNetwork, AgentSandbox, Applied, Deployment, Restart};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
@@ -89,6 +96,7 @@ struct Replica {
     stop: Arc<Notify>,
     stopping: bool,
     unhealthy: Option<String>,
+    sandbox: Option<String>,
     logs: Arc<Mutex<VecDeque<LogLine>>>,
 }
 
@@ -126,9 +134,12 @@ pub struct ReplicaStatus {
     pub agent_id: Option<String>,
     /// `Pending`, `Running`, `Restarting`, `CrashLoopBackOff`, `Succeeded`, `Failed` or `Stopping`.
     pub phase: String,
-    /// Its process id, while running.
+    /// Its process id, while running (a host pid, also when sandboxed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The sandbox it runs in (`svc_…`, its usage records' `sandbox_id`), while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// How many times it was started again.
     pub restarts: u32,
     /// When the current process started (RFC 3339).
@@ -187,6 +198,7 @@ impl Replica {
             stop: Arc::new(Notify::new()),
             stopping: false,
             unhealthy: None,
+            sandbox: None,
             logs: Arc::new(Mutex::new(VecDeque::new())),
         }
     }
@@ -261,6 +273,7 @@ impl Fleet {
                 agent_id: r.agent_id.clone(),
                 phase: format!("{:?}", r.phase),
                 pid: r.pid,
+                sandbox: r.sandbox.clone(),
                 restarts: r.restarts,
                 started_at: r.started_at.map(rfc3339),
                 last_exit: r.last_exit.clone(),
@@ -530,11 +543,29 @@ impl Kernel {
             if let Err(e) = self.start_replica(spec, a.generation, i, url).await {
                 let mut state = self.fleet().lock();
                 if let Some(d) = state.get_mut(&spec.name) {
+                    // No sandbox on this host: no point in trying again, and
+                    // no running it unsandboxed either.
+                    let no_sandbox = e.code == strata_core::ErrorCode::SandboxUnavailable;
+                    let e = if no_sandbox {
+                        Error::new(
+                            e.code,
+                            format!(
+                                "{}; replicas of '{}' run in sandboxes unless its spec says `sandbox: false`",
+                                e.detail, spec.name
+                            ),
+                        )
+                    } else {
+                        e
+                    };
                     d.message = Some(e.to_string());
                     if let Some(r) = d.replicas.get_mut(&i) {
                         r.note(i, now, format!("cannot start: {e}"));
                         r.last_exit = Some(format!("start failed: {}", e.detail));
-                        after_exit(r, spec.restart, false, now);
+                        if no_sandbox {
+                            r.phase = Phase::Failed;
+                        } else {
+                            after_exit(r, spec.restart, false, now);
+                        }
                     }
                 }
             }
@@ -606,32 +637,19 @@ impl Kernel {
                 .call_as(reconciler(), "token.revoke", json!({"id": old}))
                 .await;
         }
-        let mut cmd = match setpriv() {
-            Some(sp) => {
-                let mut c = Command::new(sp);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&spec.command);
-                c
+        let env = self.replica_env(spec, i, url, &agent_id, &token);
+        let (running, pid, sandbox) = match spec.sandbox() {
+            Some(sb) => {
+                let svc = self.start_sandboxed(spec, &sb, env, &agent_id).await?;
+                let (pid, id) = (svc.pid(), svc.id().to_string());
+                (Running::Sandbox(svc), pid, Some(id))
             }
-            None => Command::new(&spec.command),
+            None => {
+                let child = spawn_plain(spec, env)?;
+                let pid = child.id();
+                (Running::Process(child), pid, None)
+            }
         };
-        cmd.args(&spec.args)
-            .envs(&spec.env)
-            .env("STRATA_URL", url)
-            .env("STRATA_TOKEN", &token)
-            .env("STRATA_AGENT_ID", &agent_id)
-            .env("STRATA_AGENT_NAME", format!("{}-{i}", spec.name))
-            .env("STRATA_REPLICA", i.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(w) = &spec.workdir {
-            cmd.current_dir(w);
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::invalid("command", format!("cannot run '{}': {e}", spec.command)))?;
         let now = self.now_ms();
         self.orchestrator().presence().forget(&agent_id);
         let (stop, logs) = {
@@ -639,33 +657,48 @@ impl Kernel {
             let d = state.entry(spec.name.clone()).or_default();
             d.message = None;
             let r = d.replicas.entry(i).or_insert_with(|| Replica::new(generation));
-            r.agent_id = Some(agent_id);
-            r.token_id = Some(token_id);
+            r.agent_id = Some(agent_id.clone());
+            r.token_id = Some(token_id.clone());
             r.generation = generation;
-            r.pid = child.id();
+            r.pid = pid;
             r.phase = Phase::Running;
             r.started_at = Some(now);
             r.stopping = false;
             r.stop = Arc::new(Notify::new());
-            r.note(i, now, format!("started pid {}", child.id().unwrap_or(0)));
+            r.note(
+                i,
+                now,
+                match &sandbox {
+                    Some(id) => format!("started pid {} in sandbox {id}", pid.unwrap_or(0)),
+                    None => format!("started pid {}", pid.unwrap_or(0)),
+                },
+            );
+            r.sandbox = sandbox;
             (r.stop.clone(), r.logs.clone())
         };
         let k = self.clone();
         let (name, restart) = (spec.name.clone(), spec.restart);
         tokio::spawn(async move {
-            let (exit, stopped) = supervise(&k, child, stop, logs, i).await;
+            let (ended, stopped) = match running {
+                Running::Process(child) => supervise(&k, child, stop, logs, i).await,
+                Running::Sandbox(svc) => {
+                    let agent = Principal::Agent {
+                        agent_id,
+                        token_id,
+                        scopes: Vec::new(),
+                    };
+                    supervise_sandboxed(&k, svc, stop, logs, i, &agent).await
+                }
+            };
             let now = k.now_ms();
             let mut state = k.fleet().lock();
             let Some(r) = state.get_mut(&name).and_then(|d| d.replicas.get_mut(&i)) else {
                 return;
             };
             r.pid = None;
+            r.sandbox = None;
             r.stopping = false;
-            let ok = exit.as_ref().is_ok_and(|s| s.success());
-            let how = match &exit {
-                Ok(s) => s.to_string(),
-                Err(e) => format!("wait failed: {e}"),
-            };
+            let Ended { ok, how } = ended;
             r.note(i, now, format!("exited: {how}"));
             match (stopped, r.unhealthy.take()) {
                 // Stopped on purpose (scaled down, spec changed, deleted).
@@ -690,6 +723,135 @@ impl Kernel {
         Ok(())
     }
 
+    /// The environment of replica `i`: the spec's, then Strata's own variables.
+    fn replica_env(
+        &self,
+        spec: &Deployment,
+        i: u32,
+        url: &str,
+        agent_id: &str,
+        token: &str,
+    ) -> BTreeMap<String, String> {
+        let mut env = spec.env.clone();
+        for (k, v) in [
+            ("STRATA_URL", url.to_string()),
+            ("STRATA_TOKEN", token.to_string()),
+            ("STRATA_AGENT_ID", agent_id.to_string()),
+            ("STRATA_AGENT_NAME", format!("{}-{i}", spec.name)),
+            ("STRATA_REPLICA", i.to_string()),
+        ] {
+            env.insert(k.to_string(), v);
+        }
+        env
+    }
+
+    /// Starts a replica in a sandbox of its own, its usage charged to `agent_id`.
+    async fn start_sandboxed(
+        &self,
+        spec: &Deployment,
+        sb: &AgentSandbox,
+        env: BTreeMap<String, String>,
+        agent_id: &str,
+    ) -> Result<strata_compute::Service> {
+        let compute = self.compute()?;
+        let req = service_request(spec, sb, env)?;
+        // The operator who applied the deployment granted its network.
+        let caller = strata_compute::Caller {
+            agent_id: Some(agent_id.to_string()),
+            task_id: None,
+            host_egress_granted: true,
+        };
+        compute.start_service(req, &caller).await
+    }
+}
+
+/// What a replica runs as, while it runs.
+enum Running {
+    Process(Child),
+    Sandbox(strata_compute::Service),
+}
+
+/// How a replica's process ended.
+struct Ended {
+    ok: bool,
+    how: String,
+}
+
+/// The sandbox request of a replica: its command, `workdir` (bound read-only
+/// at the same path and its working folder) and the command's own folder
+/// when the command is a path outside `workdir`.
+fn service_request(
+    spec: &Deployment,
+    sb: &AgentSandbox,
+    env: BTreeMap<String, String>,
+) -> Result<strata_compute::ServiceRequest> {
+    let limits = sandbox_limits(sb)?;
+    let mut binds: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(w) = &spec.workdir {
+        binds.push(w.into());
+    }
+    let program = Path::new(&spec.command);
+    if spec.command.contains('/') {
+        let full = match (&spec.workdir, program.is_absolute()) {
+            (Some(w), false) => Path::new(w).join(program),
+            _ => program.to_path_buf(),
+        };
+        if let Some(folder) = full.parent()
+            && !binds.iter().any(|b| folder.starts_with(b))
+            && folder.is_absolute()
+        {
+            binds.push(folder.to_path_buf());
+        }
+    }
+    binds.extend(sb.binds.iter().map(std::path::PathBuf::from));
+    let mut command = vec![spec.command.clone()];
+    command.extend(spec.args.iter().cloned());
+    Ok(strata_compute::ServiceRequest {
+        command,
+        env,
+        cwd: spec.workdir.clone(),
+        limits,
+        network: match sb.network {
+            AgentNetwork::HostEgress => strata_compute::Network::HostEgress,
+            AgentNetwork::None => strata_compute::Network::None,
+        },
+        template: sb.template.clone(),
+        ro_binds: binds,
+    })
+}
+
+/// The sandbox limits a deployment asks for, as the compute layer reads them.
+pub(crate) fn sandbox_limits(sb: &AgentSandbox) -> Result<strata_compute::Limits> {
+    serde_json::from_value(Value::Object(sb.limits.clone()))
+        .map_err(|e| Error::invalid("sandbox.limits", e.to_string()))
+}
+
+/// Starts a plain child process in its own process group, dying with the
+/// server where `setpriv` exists.
+fn spawn_plain(spec: &Deployment, env: BTreeMap<String, String>) -> Result<Child> {
+    let mut cmd = match setpriv() {
+        Some(sp) => {
+            let mut c = Command::new(sp);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&spec.command);
+            c
+        }
+        None => Command::new(&spec.command),
+    };
+    cmd.args(&spec.args)
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(w) = &spec.workdir {
+        cmd.current_dir(w);
+    }
+    cmd.spawn()
+        .map_err(|e| Error::invalid("command", format!("cannot run '{}': {e}", spec.command)))
+}
+
+impl Kernel {
     /// Stops the reconciler and every managed process (server shutdown).
     pub async fn stop_fleet(&self) {
         self.fleet()
@@ -756,7 +918,7 @@ async fn supervise(
     stop: Arc<Notify>,
     logs: Arc<Mutex<VecDeque<LogLine>>>,
     i: u32,
-) -> (std::io::Result<std::process::ExitStatus>, bool) {
+) -> (Ended, bool) {
     for (stream, reader) in [
         (
             "stdout",
@@ -798,7 +960,141 @@ async fn supervise(
     };
     // Whatever the process left behind in its group goes with it.
     signal(group, nix::sys::signal::Signal::SIGKILL);
-    ended
+    let (exit, stopped) = ended;
+    let ended = match exit {
+        Ok(s) => Ended {
+            ok: s.success(),
+            how: s.to_string(),
+        },
+        Err(e) => Ended {
+            ok: false,
+            how: format!("wait failed: {e}"),
+        },
+    };
+    (ended, stopped)
+}
+
+/// Runs one sandboxed replica to its end, as [`supervise`] does a process:
+/// its output goes to the log line by line, a stop request sends SIGTERM to
+/// its process, then SIGKILL after the grace period. Returns once its sandbox
+/// is torn down, its usage metered as `agent`'s.
+async fn supervise_sandboxed(
+    k: &Kernel,
+    mut svc: strata_compute::Service,
+    stop: Arc<Notify>,
+    logs: Arc<Mutex<VecDeque<LogLine>>>,
+    i: u32,
+    agent: &Principal,
+) -> (Ended, bool) {
+    let mut lines = Lines::default();
+    let mut stopped = false;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    loop {
+        let grace = async {
+            match kill_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = svc.next() => {
+                let emit = |stream: &str, line: String| push_line(&logs, i, k.now_ms(), stream, line);
+                match ev {
+                    Some(strata_compute::ServiceEvent::Output(c)) => lines.push(&c, emit),
+                    Some(strata_compute::ServiceEvent::Ended(out)) => {
+                        lines.flush(emit);
+                        let ended = match out {
+                            Ok(o) => {
+                                k.meter_sandbox(agent, &o.usage);
+                                ended_of(&o)
+                            }
+                            Err(e) => Ended { ok: false, how: format!("sandbox failed: {}", e.detail) },
+                        };
+                        return (ended, stopped);
+                    }
+                    None => {
+                        let how = "the sandbox's supervisor ended".to_string();
+                        return (Ended { ok: false, how }, stopped);
+                    }
+                }
+            }
+            () = stop.notified(), if !stopped => {
+                stopped = true;
+                svc.terminate();
+                kill_at = Some(tokio::time::Instant::now() + STOP_GRACE);
+            }
+            () = grace => {
+                svc.kill();
+                kill_at = None;
+            }
+        }
+    }
+}
+
+/// How a sandboxed command's outcome reads in `last_exit` (as a process's
+/// exit status would).
+fn ended_of(o: &strata_compute::RunOutcome) -> Ended {
+    use strata_compute::Status;
+    let signal = |n: i32| match nix::sys::signal::Signal::try_from(n) {
+        Ok(s) => format!("signal: {n} ({})", s.as_str()),
+        Err(_) => format!("signal: {n}"),
+    };
+    let how = match (o.status, o.exit_code, o.signal) {
+        (Status::ExecFailed, ..) => {
+            format!("could not start: {}", o.error.as_deref().unwrap_or("exec failed"))
+        }
+        (Status::Oom, ..) => "killed: out of the sandbox's memory".to_string(),
+        (_, _, Some(n)) => signal(n),
+        (_, Some(c), None) => format!("exit status: {c}"),
+        (s, None, None) => format!("{s:?}").to_lowercase(),
+    };
+    Ended {
+        ok: o.status == strata_compute::Status::Exited && o.exit_code == Some(0),
+        how,
+    }
+}
+
+/// The longest line kept whole; a longer one is cut into pieces.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Splits a sandbox's output chunks into lines, per stream.
+#[derive(Default)]
+struct Lines {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, c: &strata_compute::Chunk, mut emit: impl FnMut(&str, String)) {
+        let (buf, name) = match c.stream {
+            strata_compute::Stream::Stdout => (&mut self.stdout, "stdout"),
+            strata_compute::Stream::Stderr => (&mut self.stderr, "stderr"),
+        };
+        buf.extend_from_slice(&c.data);
+        while let Some(n) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=n).collect();
+            emit(name, text_of(&line[..n]));
+        }
+        if buf.len() > MAX_LINE {
+            emit(name, text_of(buf));
+            buf.clear();
+        }
+    }
+
+    /// Emits what is left of unfinished lines.
+    fn flush(&mut self, mut emit: impl FnMut(&str, String)) {
+        for (buf, name) in [(&mut self.stdout, "stdout"), (&mut self.stderr, "stderr")] {
+            if !buf.is_empty() {
+                emit(name, text_of(buf));
+                buf.clear();
+            }
+        }
+    }
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn signal(group: Option<i32>, sig: nix::sys::signal::Signal) {
@@ -812,4 +1108,115 @@ fn str_of(v: &Value, field: &str) -> Result<String> {
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| Error::internal(format!("reply lacks '{field}'")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(stream: strata_compute::Stream, data: &str) -> strata_compute::Chunk {
+        strata_compute::Chunk {
+            stream,
+            data: data.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn output_chunks_become_lines_per_stream() {
+        use strata_compute::Stream::{Stderr, Stdout};
+        let mut lines = Lines::default();
+        let mut got = Vec::new();
+        let mut emit = |s: &str, l: String| got.push(format!("{s}:{l}"));
+        lines.push(&chunk(Stdout, "hel"), &mut emit);
+        lines.push(&chunk(Stderr, "oops\r\nhalf"), &mut emit);
+        lines.push(&chunk(Stdout, "lo\n\nwor"), &mut emit);
+        lines.flush(&mut emit);
+        assert_eq!(
+            got,
+            [
+                "stderr:oops",
+                "stdout:hello",
+                "stdout:",
+                "stdout:wor",
+                "stderr:half"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_instead_of_growing() {
+        let mut lines = Lines::default();
+        let mut got = Vec::new();
+        let long = "x".repeat(MAX_LINE + 1);
+        lines.push(&chunk(strata_compute::Stream::Stdout, &long), |_, l| {
+            got.push(l.len())
+        });
+        assert_eq!(got, [MAX_LINE + 1]);
+        assert!(lines.stdout.is_empty());
+    }
+
+    fn deployment(json: Value) -> Deployment {
+        serde_json::from_value(json).expect("a deployment")
+    }
+
+    #[test]
+    fn a_replica_sandbox_binds_its_workdir_and_an_outside_command_folder() {
+        let d = deployment(json!({
+            "name": "a", "command": "/opt/agents/run.sh", "args": ["x"],
+            "workdir": "/srv/a", "sandbox": {"binds": ["/data/ro"], "network": "none"},
+        }));
+        let sb = d.sandbox().expect("sandboxed");
+        let req = service_request(&d, &sb, BTreeMap::new()).expect("a request");
+        assert_eq!(req.command, ["/opt/agents/run.sh", "x"]);
+        assert_eq!(req.cwd.as_deref(), Some("/srv/a"));
+        let binds: Vec<&str> = req.ro_binds.iter().filter_map(|p| p.to_str()).collect();
+        assert_eq!(binds, ["/srv/a", "/opt/agents", "/data/ro"]);
+        assert_eq!(req.network, strata_compute::Network::None);
+
+        // A command inside the workdir (or looked up in PATH) adds nothing.
+        let d = deployment(json!({"name": "b", "command": "./bin/run", "workdir": "/srv/b"}));
+        let req = service_request(&d, &d.sandbox().expect("sandboxed"), BTreeMap::new()).expect("a request");
+        assert_eq!(req.ro_binds, [std::path::PathBuf::from("/srv/b")]);
+        assert_eq!(req.network, strata_compute::Network::HostEgress);
+        let d = deployment(json!({"name": "c", "command": "python3", "workdir": "/srv/c"}));
+        let req = service_request(&d, &d.sandbox().expect("sandboxed"), BTreeMap::new()).expect("a request");
+        assert_eq!(req.ro_binds, [std::path::PathBuf::from("/srv/c")]);
+    }
+
+    #[test]
+    fn sandbox_limits_with_an_unknown_field_are_refused() {
+        let d = deployment(json!({"name": "a", "command": "sh", "sandbox": {"limits": {"memory": 1}}}));
+        let e = sandbox_limits(&d.sandbox().expect("sandboxed")).expect_err("refused");
+        assert_eq!(e.code, strata_core::ErrorCode::InvalidRequest);
+        let d = deployment(json!({"name": "a", "command": "sh", "sandbox": {"limits": {"pids": 9}}}));
+        let l = sandbox_limits(&d.sandbox().expect("sandboxed")).expect("read");
+        assert_eq!(l.pids, Some(9));
+    }
+
+    #[test]
+    fn a_sandboxed_exit_reads_like_a_process_exit() {
+        let outcome = |status, exit_code, signal| strata_compute::RunOutcome {
+            status,
+            exit_code,
+            signal,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            error: Some("nope: not found".into()),
+            usage: Default::default(),
+        };
+        use strata_compute::Status;
+        let e = ended_of(&outcome(Status::Exited, Some(0), None));
+        assert!(e.ok);
+        assert_eq!(e.how, "exit status: 0");
+        let e = ended_of(&outcome(Status::Exited, Some(3), None));
+        assert!(!e.ok);
+        assert_eq!(e.how, "exit status: 3");
+        let e = ended_of(&outcome(Status::Killed, None, Some(9)));
+        assert_eq!(e.how, "signal: 9 (SIGKILL)");
+        let e = ended_of(&outcome(Status::ExecFailed, Some(127), None));
+        assert_eq!(e.how, "could not start: nope: not found");
+        assert!(!e.ok);
+    }
 }

@@ -5,6 +5,11 @@
 //! with the deployment's capabilities, its own token and `STRATA_URL` in its
 //! environment. This module stores and checks the desired state; the kernel's
 //! reconciler makes the running processes match it.
+//!
+//! Each replica runs in a sandbox of its own unless the spec says
+//! `sandbox: false` ([`Deployment::sandbox`]): by default with `host-egress`
+//! networking (it must reach `STRATA_URL` on the host's loopback) and its
+//! `workdir` bound read-only at the same path, where it starts.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +54,64 @@ pub struct Autoscale {
     pub target_queue_per_replica: u32,
 }
 
+/// The network of a replica's sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentNetwork {
+    /// The host's network, loopback included, where `STRATA_URL` points (the default).
+    #[default]
+    HostEgress,
+    /// No network at all (only for agents that reach Strata some other way).
+    None,
+}
+
+/// How a replica's sandbox is made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSandbox {
+    /// A sandbox template to start from (its limits, env, binds and network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Sandbox limits (`memory_bytes`, `cpu_millis`, `pids`, `workspace_bytes`,
+    /// `tmp_bytes`, `open_files`, as for `sandbox.run`), checked by the kernel.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub limits: serde_json::Map<String, serde_json::Value>,
+    /// `host-egress` (default) or `none`.
+    #[serde(default)]
+    pub network: AgentNetwork,
+    /// Host paths bound read-only at the same place, besides `workdir` (and
+    /// the command's folder when it is a path outside it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<String>,
+}
+
+/// The `sandbox` field: `false` (a plain child process), `true` (a sandbox
+/// with the defaults) or the sandbox's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Sandboxing {
+    /// `true` or `false`.
+    Enabled(bool),
+    /// A sandbox with these settings.
+    With(AgentSandbox),
+}
+
+impl<'de> Deserialize<'de> for Sandboxing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        // Through a value, so a bad field of the settings is named in the error.
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(b) => Ok(Sandboxing::Enabled(b)),
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v)
+                .map(Sandboxing::With)
+                .map_err(|e| D::Error::custom(format!("sandbox: {e}"))),
+            _ => Err(D::Error::custom(
+                "sandbox: expected false, true or {template, limits, network, binds}",
+            )),
+        }
+    }
+}
+
 /// A deployment of managed agents, as applied.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +148,10 @@ pub struct Deployment {
     /// Labels every replica's agent carries.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Where replicas run: in a sandbox each (absent or `true`: the defaults;
+    /// or its settings), or `false` for plain child processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandboxing>,
 }
 
 fn one() -> u32 {
@@ -105,6 +172,15 @@ pub struct Applied {
 }
 
 impl Deployment {
+    /// The sandbox replicas run in; `None` for plain child processes.
+    pub fn sandbox(&self) -> Option<AgentSandbox> {
+        match &self.sandbox {
+            None | Some(Sandboxing::Enabled(true)) => Some(AgentSandbox::default()),
+            Some(Sandboxing::Enabled(false)) => None,
+            Some(Sandboxing::With(s)) => Some(s.clone()),
+        }
+    }
+
     /// Checks the spec's fields.
     pub fn check(&self) -> Result<()> {
         let name_ok = !self.name.is_empty()
@@ -137,6 +213,26 @@ impl Deployment {
             return Err(Error::invalid("workdir", "must be an absolute path"));
         }
         self.heartbeat_timeout_ms()?;
+        if let Some(s) = self.sandbox() {
+            if s.template.as_deref().is_some_and(str::is_empty) {
+                return Err(Error::invalid("sandbox.template", "must not be empty"));
+            }
+            for b in &s.binds {
+                let p = std::path::Path::new(b);
+                let plain = p.is_absolute()
+                    && p.components().all(|c| {
+                        matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))
+                    })
+                    && b != "/"
+                    && !b.contains('\0');
+                if !plain {
+                    return Err(Error::invalid(
+                        "sandbox.binds",
+                        format!("'{b}' must be an absolute path other than / without '..'"),
+                    ));
+                }
+            }
+        }
         for k in self.env.keys() {
             if k.is_empty() || k.contains('=') || k.starts_with("STRATA_") {
                 return Err(Error::invalid(
@@ -261,3 +357,57 @@ CREATE TABLE orc_fleet (
     updated_at BIGINT NOT NULL
 );
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(sandbox: serde_json::Value) -> std::result::Result<Deployment, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({"name": "a", "command": "sh", "sandbox": sandbox}))
+    }
+
+    #[test]
+    fn replicas_are_sandboxed_unless_the_spec_says_false() {
+        let absent: Deployment =
+            serde_json::from_value(serde_json::json!({"name": "a", "command": "sh"})).expect("parsed");
+        assert_eq!(absent.sandbox(), Some(AgentSandbox::default()));
+        assert_eq!(
+            absent.sandbox().map(|s| s.network),
+            Some(AgentNetwork::HostEgress)
+        );
+        // An old spec without the field is stored as before (same generation).
+        assert!(!serde_json::to_string(&absent).expect("json").contains("sandbox"));
+        assert_eq!(
+            parse(serde_json::json!(true)).expect("parsed").sandbox(),
+            Some(AgentSandbox::default())
+        );
+        assert_eq!(parse(serde_json::json!(false)).expect("parsed").sandbox(), None);
+        let with = parse(serde_json::json!({"template": "py", "network": "none", "binds": ["/opt/x"]}))
+            .expect("parsed");
+        let sb = with.sandbox().expect("sandboxed");
+        assert_eq!(sb.template.as_deref(), Some("py"));
+        assert_eq!(sb.network, AgentNetwork::None);
+        assert_eq!(sb.binds, ["/opt/x"]);
+        with.check().expect("valid");
+        let stored = serde_json::to_value(&with).expect("json");
+        assert_eq!(stored["sandbox"]["network"], "none");
+        assert_eq!(stored["sandbox"]["binds"][0], "/opt/x");
+    }
+
+    #[test]
+    fn bad_sandbox_settings_are_refused_with_the_field_named() {
+        let e = parse(serde_json::json!({"bindz": []})).expect_err("refused");
+        assert!(e.to_string().contains("bindz"), "{e}");
+        let e = parse(serde_json::json!("yes")).expect_err("refused");
+        assert!(e.to_string().contains("expected false, true"), "{e}");
+        let e = parse(serde_json::json!({"network": "everywhere"})).expect_err("refused");
+        assert!(e.to_string().contains("everywhere"), "{e}");
+        for bad in ["relative", "/", "/a/../b", ""] {
+            let d = parse(serde_json::json!({"binds": [bad]})).expect("parsed");
+            let e = d.check().expect_err(bad);
+            assert!(e.detail.contains("sandbox.binds"), "{bad}: {e}");
+        }
+        let d = parse(serde_json::json!({"template": ""})).expect("parsed");
+        assert!(d.check().is_err());
+    }
+}

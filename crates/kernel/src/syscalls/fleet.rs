@@ -55,6 +55,7 @@ impl Syscall for ApplyDeployment {
 impl Handler for ApplyDeployment {
     async fn handle(k: &Kernel, _cx: &Cx, req: Deployment) -> Result<Action<AppliedReply>> {
         req.check()?;
+        check_sandbox(k, &req).await?;
         let now = k.now_ms();
         Ok(Action::write(req.name.clone(), move |c| {
             Box::pin(async move {
@@ -66,6 +67,31 @@ impl Handler for ApplyDeployment {
             })
         }))
     }
+}
+
+/// Checks a deployment's sandbox settings against the compute layer: its
+/// limits within the service's bounds (`invalid_limits`), its template known
+/// (`unknown_template`). A server without
+/// sandboxes accepts them (its replicas then fail, saying why).
+async fn check_sandbox(k: &Kernel, req: &Deployment) -> Result<()> {
+    let Some(sb) = req.sandbox() else {
+        return Ok(());
+    };
+    let limits = crate::fleet::sandbox_limits(&sb)?;
+    let Ok(compute) = k.compute() else {
+        return Ok(());
+    };
+    let cfg = compute.config();
+    let base = match &sb.template {
+        Some(name) => {
+            // `unknown_template` (404) when there is none, as for a run.
+            let t = compute.template(name).await?;
+            strata_compute::ResolvedLimits::resolve(&cfg.default_limits, &t.limits, &cfg.max_limits)?
+        }
+        None => cfg.default_limits,
+    };
+    strata_compute::ResolvedLimits::resolve(&base, &limits, &cfg.max_limits)?;
+    Ok(())
 }
 
 /// A deployment named by the path.

@@ -88,10 +88,11 @@ async fn only_the_leading_server_runs_managed_agents_and_another_takes_over(b: B
     let mut config = Config::new(MasterKey::generate());
     config.clock = h.clock.clone();
     let other = Kernel::new(store, config).await.unwrap();
+    // These kernels have no sandboxes: the replicas run as plain processes.
     h.call(
         &h.admin,
         "fleet.apply",
-        json!({"name": "sleeper", "command": "sleep", "args": ["30"], "replicas": 2}),
+        json!({"name": "sleeper", "command": "sleep", "args": ["30"], "replicas": 2, "sandbox": false}),
     )
     .await
     .unwrap();
