@@ -172,7 +172,7 @@ pub(crate) async fn run_controlled(
     sink: Sink,
     timeout: Duration,
     kill_group: &Group,
-    mut ctl: Option<Control>,
+    ctl: Option<Control>,
 ) -> Result<(Finished, tokio::process::Child)> {
     let started = Instant::now();
     let (mut child, mut control) = spawn_init(init_program, true)?;
@@ -181,7 +181,7 @@ pub(crate) async fn run_controlled(
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
     };
-    let fin = follow(control, output, sink, timeout, kill_group, started).await;
+    let fin = follow(control, output, sink, timeout, kill_group, started, ctl).await;
     Ok((fin, child))
 }
 
@@ -229,10 +229,11 @@ pub(crate) async fn serve(
         .write_all(&line)
         .await
         .map_err(|e| Error::internal(format!("sending the command: {e}")))?;
-    Ok(follow(control, output, sink, timeout, kill_group, started).await)
+    Ok(follow(control, output, sink, timeout, kill_group, started, None).await)
 }
 
-/// Collects a command's reports and output until it ends or times out.
+/// Collects a command's reports and output until it ends or times out,
+/// signalling its main process as `ctl` asks.
 async fn follow(
     control: tokio::net::UnixStream,
     output: Output,
@@ -240,6 +241,7 @@ async fn follow(
     timeout: Duration,
     kill_group: &Group,
     started: Instant,
+    mut ctl: Option<Control>,
 ) -> Finished {
     let (cap, tx) = match sink {
         Sink::Capture(c) => (c, None),
