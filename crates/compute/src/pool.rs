@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use strata_core::{Id, Result};
 
-use crate::exec::{Caller, ExecRequest, Limits, Network, RunOutcome, RunRequest};
+use crate::exec::{Backend, Caller, ExecRequest, Limits, Network, RunOutcome, RunRequest};
 use crate::launch::{self, Sink};
 use crate::sandbox::Live;
 use crate::wire::{Build, Mode, Spec, WorkspaceMount};
@@ -117,9 +117,9 @@ impl Compute {
         };
         match launch::hold(&cfg.init_program, &spec).await {
             Ok((holder, lifeline)) => Ok(Live {
-                holder,
+                holder: Some(holder),
                 lifeline: Some(lifeline),
-                group,
+                group: Some(group),
                 name,
                 // Not reached from the host: files go in through the exec.
                 ws: PathBuf::from(format!("/proc/{holder}/root/workspace")),
@@ -138,7 +138,8 @@ impl Compute {
         let fits = self.config().pool_size > 0
             && req.template.is_none()
             && req.limits == Limits::default()
-            && req.network == Network::None;
+            && req.network == Network::None
+            && req.backend.unwrap_or_default() == Backend::Process;
         if !fits {
             return None;
         }
