@@ -79,6 +79,13 @@ pub(crate) enum SandboxCommand {
         /// Memory limit, bytes.
         #[arg(long)]
         memory: Option<u64>,
+        /// What runs it: `process` (the default) or `wasm` (the program is a
+        /// WASI module in the workspace, e.g. one given with `--file`).
+        #[arg(long)]
+        backend: Option<String>,
+        /// A local file placed in /workspace first: `LOCAL` or `LOCAL:PATH` (repeatable).
+        #[arg(long = "file")]
+        files: Vec<String>,
         #[command(flatten)]
         cmd: CommandArgs,
         #[command(flatten)]
@@ -89,6 +96,9 @@ pub(crate) enum SandboxCommand {
         /// Start from this template.
         #[arg(long)]
         template: Option<String>,
+        /// What runs its commands, for its whole life: `process` or `wasm`.
+        #[arg(long)]
+        backend: Option<String>,
         /// Fork this snapshot (`snp_…`).
         #[arg(long)]
         from_snapshot: Option<String>,
@@ -222,12 +232,37 @@ pub(crate) async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
         SandboxCommand::Run {
             template,
             memory,
+            backend,
+            files,
             cmd,
             conn,
         } => {
             let mut body = cmd.body()?;
             if let Some(t) = template {
                 body.insert("template".into(), json!(t));
+            }
+            if let Some(b) = backend {
+                body.insert("backend".into(), json!(b));
+            }
+            let mut seeded = Vec::new();
+            for f in files {
+                let (local, path) = match f.split_once(':') {
+                    Some((l, p)) => (l.to_string(), p.to_string()),
+                    None => {
+                        let name = std::path::Path::new(&f)
+                            .file_name()
+                            .with_context(|| format!("--file {f}: names no file"))?;
+                        (f.clone(), name.to_string_lossy().into_owned())
+                    }
+                };
+                let data = std::fs::read(&local).with_context(|| format!("--file: reading {local}"))?;
+                seeded.push(json!({
+                    "path": path,
+                    "content_base64": base64::engine::general_purpose::STANDARD.encode(data),
+                }));
+            }
+            if !seeded.is_empty() {
+                body.insert("files".into(), Value::Array(seeded));
             }
             if let Some(m) = memory {
                 body.insert("limits".into(), json!({"memory_bytes": m}));
@@ -239,6 +274,7 @@ pub(crate) async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
         }
         SandboxCommand::Create {
             template,
+            backend,
             from_snapshot,
             idle_stop,
             ttl,
@@ -247,6 +283,9 @@ pub(crate) async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
             let mut body = Map::new();
             if let Some(t) = template {
                 body.insert("template".into(), json!(t));
+            }
+            if let Some(b) = backend {
+                body.insert("backend".into(), json!(b));
             }
             if let Some(s) = from_snapshot {
                 body.insert("from_snapshot".into(), json!(s));
@@ -272,7 +311,14 @@ pub(crate) async fn sandbox(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
                     print_list(
                         conn.output,
                         &v,
-                        &["id", "state", "template", "owner_agent", "last_used_at"],
+                        &[
+                            "id",
+                            "state",
+                            "backend",
+                            "template",
+                            "owner_agent",
+                            "last_used_at",
+                        ],
                     );
                 }
                 Some(id) => {

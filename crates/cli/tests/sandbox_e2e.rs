@@ -43,6 +43,55 @@ fn sandbox_run_prints_the_output_and_exits_with_the_commands_code() {
 }
 
 #[test]
+fn sandbox_run_backend_wasm_runs_a_local_module_with_its_exit_code() {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let mut server = Server::start(&tmp.path().join("data"));
+    let module = tmp.path().join("hi.wat");
+    std::fs::write(
+        &module,
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hi from wasm\0a")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 13))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $exit (i32.const 5))))"#,
+    )
+    .expect("write the module");
+    let file = format!("{}:mod/hi.wat", module.to_str().expect("utf-8 path"));
+    let out = client_cmd(
+        &server,
+        None,
+        &[
+            "sandbox",
+            "run",
+            "--backend",
+            "wasm",
+            "--file",
+            &file,
+            "--",
+            "mod/hi.wat",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{out}");
+    assert_eq!(out.stdout, "hi from wasm\n", "{out}");
+    let id = client_cmd(&server, None, &["sandbox", "create", "--backend", "wasm"])
+        .success()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(id.starts_with("sbx_"), "{id}");
+    let listed = client_cmd(&server, None, &["sandbox", "ls"]).success();
+    assert!(listed.stdout.contains("wasm"), "{listed}");
+    let bad = client_cmd(&server, None, &["sandbox", "run", "--backend", "jvm", "--", "x"]).failure();
+    assert!(bad.stderr.contains("invalid_request"), "{bad}");
+    server.stop();
+}
+
+#[test]
 fn persistent_sandbox_commands_round_trip_with_streamed_exec() {
     let tmp = tempfile::tempdir().expect("a temporary folder");
     let mut server = Server::start(&tmp.path().join("data"));

@@ -164,6 +164,51 @@ pub enum Network {
     HostEgress,
 }
 
+/// What runs a sandbox's commands.
+///
+/// `process` (the default) runs Linux programs in namespaces with seccomp and
+/// cgroups; `wasm` runs WASI preview 1 command modules (binary `.wasm` or
+/// `.wat` text) under wasmtime, with `/workspace` as the only directory they
+/// can reach and no network at all. A persistent sandbox keeps the backend it
+/// was created with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Linux processes: namespaces, seccomp, cgroups (the default).
+    #[default]
+    Process,
+    /// WASI modules under wasmtime; `command[0]` names the module in `/workspace`.
+    Wasm,
+}
+
+impl Backend {
+    /// The stable name (`process`, `wasm`), as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Process => "process",
+            Backend::Wasm => "wasm",
+        }
+    }
+
+    /// The backend with this stable name.
+    pub fn parse(s: &str) -> Option<Backend> {
+        match s {
+            "process" => Some(Backend::Process),
+            "wasm" => Some(Backend::Wasm),
+            _ => None,
+        }
+    }
+
+    /// Whether this build can run it (`wasm` needs the `wasm` Cargo feature);
+    /// `backend_unavailable` when it cannot.
+    pub fn check_available(self) -> Result<Backend> {
+        match self {
+            Backend::Wasm if !cfg!(feature = "wasm") => Err(wasm_unavailable()),
+            b => Ok(b),
+        }
+    }
+}
+
 /// A file placed in `/workspace` before the command runs.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -202,11 +247,16 @@ impl FileInput {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
-    /// Program and arguments, e.g. `["python3", "-c", "print(1)"]`.
+    /// Program and arguments, e.g. `["python3", "-c", "print(1)"]`; for the
+    /// wasm backend `command[0]` is the module (`/workspace/x.wasm`, or a path
+    /// relative to `cwd`, e.g. one of `files`) and the rest its arguments.
     pub command: Vec<String>,
     /// Bytes given on standard input (text).
     #[serde(default)]
     pub stdin: Option<String>,
+    /// What runs the command (default: the template's, else `process`).
+    #[serde(default)]
+    pub backend: Option<Backend>,
     /// Files placed in `/workspace` first.
     #[serde(default)]
     pub files: Vec<FileInput>,
@@ -272,9 +322,10 @@ pub enum Status {
     Exited,
     /// It ran past its timeout and was killed.
     Timeout,
-    /// The memory limit was reached and the kernel killed it.
+    /// The memory limit was reached and the kernel killed it (wasm: a
+    /// `memory.grow` past the limit, which traps).
     Oom,
-    /// A signal ended it.
+    /// A signal ended it (wasm: a trap, e.g. `unreachable`; see `error`).
     Killed,
     /// It could not be started (no such program, not executable, …); see `error`.
     ExecFailed,
@@ -285,9 +336,11 @@ pub enum Status {
 pub struct Usage {
     /// Wall-clock time from request to end, ms.
     pub wall_ms: u64,
-    /// CPU time of all its processes, ms (cgroup `cpuacct`, else rusage).
+    /// CPU time of all its processes, ms (cgroup `cpuacct`, else rusage; wasm:
+    /// the CPU time of the thread that compiled and ran the module).
     pub cpu_ms: u64,
-    /// Peak memory, bytes (cgroup `memory.max_usage_in_bytes`, else max RSS).
+    /// Peak memory, bytes (cgroup `memory.max_usage_in_bytes`, else max RSS;
+    /// wasm: the largest linear memory the module reached).
     pub peak_memory_bytes: u64,
     /// The sandbox, for execs in a persistent one.
     pub sandbox_id: Option<String>,
@@ -314,7 +367,8 @@ pub struct RunOutcome {
     pub stdout_truncated: bool,
     /// Whether stderr was cut at the limit.
     pub stderr_truncated: bool,
-    /// Why it could not start (`exec_failed`).
+    /// Why it could not start (`exec_failed`), or the trap that ended a wasm
+    /// module (`killed`).
     pub error: Option<String>,
     /// What it used.
     pub usage: Usage,
@@ -347,6 +401,22 @@ pub enum ExecEvent {
     Output(Chunk),
     /// The end (its stdout and stderr fields are empty: the output came as chunks).
     Done(RunOutcome),
+}
+
+/// `backend_unavailable` for `wasm` in a build without the `wasm` feature.
+pub(crate) fn wasm_unavailable() -> Error {
+    Error::new(
+        ErrorCode::BackendUnavailable,
+        "backend: this server was built without the wasm backend (the `wasm` Cargo feature of strata-compute)",
+    )
+}
+
+/// The refusal of a network for the wasm backend, which has none.
+pub(crate) fn no_wasm_network() -> Error {
+    Error::invalid(
+        "network",
+        "the wasm backend has no network; host-egress is for the process backend",
+    )
 }
 
 /// Checks a command line.

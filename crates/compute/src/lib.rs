@@ -8,6 +8,11 @@
 //! sandbox's own user namespace (an unprivileged host uid), with no
 //! capabilities and `no_new_privs`.
 //!
+//! That is the `process` backend. The [`wasm`] backend (`backend: "wasm"`,
+//! behind the crate's `wasm` feature) runs WASI preview 1 modules under
+//! wasmtime instead, with the same requests, outcomes, workspace and usage;
+//! [`Backend`] says which a run, sandbox or template uses.
+//!
 //! - [`Compute::run`]: ephemeral — build, run one command, tear down.
 //! - [`Compute::create`] and friends ([`sandbox`]): persistent sandboxes with a
 //!   workspace that survives execs and stop/start, files in and out,
@@ -18,6 +23,8 @@
 //! - [`template`]: named base configurations.
 //! - the warm pool (`Config::pool_size`): sandboxes built ahead for `run`.
 //! - [`exec`]: the request and outcome types, with usage for metering.
+//! - [`wasm`]: the wasm backend — its engine, limits, metering and what a
+//!   module can reach.
 //! - [`usage`]: every run's and exec's usage, stored, listed and summed.
 //! - [`workspace`]: host-side file access that never follows a sandbox's links.
 //! - [`seccomp`]: the denied system calls.
@@ -40,6 +47,7 @@ pub mod seccomp;
 pub mod service;
 pub mod template;
 pub mod usage;
+pub mod wasm;
 mod wire;
 pub mod workspace;
 
@@ -52,7 +60,7 @@ use strata_core::{Clock, Error, ErrorCode, Id, Result};
 use strata_store::Store;
 
 pub use exec::{
-    Caller, Chunk, ExecEvent, ExecRequest, FileInput, Limits, Network, ResolvedLimits, RunOutcome,
+    Backend, Caller, Chunk, ExecEvent, ExecRequest, FileInput, Limits, Network, ResolvedLimits, RunOutcome,
     RunRequest, Status, Stream, Usage,
 };
 pub use init::maybe_run_init;
@@ -162,6 +170,8 @@ struct Inner {
     slots: std::sync::Mutex<HashMap<String, sandbox::Slot>>,
     pending: Arc<Pending>,
     pool: pool::Pool,
+    #[cfg(feature = "wasm")]
+    wasm: wasm::Runtime,
 }
 
 /// Clean-ups still running.
@@ -190,10 +200,15 @@ impl Compute {
             &root_dir,
             &config.data_dir.join("sandboxes"),
             &config.data_dir.join("snapshots"),
+            &config.data_dir.join("runs"),
         ] {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::new(ErrorCode::SandboxUnavailable, format!("{}: {e}", d.display())))?;
         }
+        let runs = config.data_dir.join("runs");
+        tokio::task::spawn_blocking(move || wasm::remove_stale_runs(&runs))
+            .await
+            .map_err(Error::internal)?;
         let cg_root = config.cgroup_root.clone();
         let cg_name = config.cgroup_name.clone();
         let cgroups = tokio::task::spawn_blocking(move || {
@@ -219,6 +234,8 @@ impl Compute {
                 slots: std::sync::Mutex::new(HashMap::new()),
                 pending: Arc::default(),
                 pool: pool::Pool::default(),
+                #[cfg(feature = "wasm")]
+                wasm: wasm::Runtime::new()?,
             }),
         };
         compute.recover().await?;
@@ -261,6 +278,14 @@ impl Compute {
             Some(name) => Some(self.template(name).await?),
             None => None,
         };
+        let backend = req
+            .backend
+            .or(template.as_ref().map(|t| t.backend))
+            .unwrap_or_default()
+            .check_available()?;
+        if backend == Backend::Wasm {
+            return self.run_wasm(req, template, caller).await;
+        }
         let base = match &template {
             Some(t) => ResolvedLimits::resolve(&cfg.default_limits, &t.limits, &cfg.max_limits)?,
             None => cfg.default_limits,

@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
-use strata_core::{Id, Result};
+use strata_core::{Error, Id, Result};
 
-use crate::exec::{self, Caller, Limits, Network, RunOutcome, RunRequest};
+use crate::exec::{self, Backend, Caller, Limits, Network, RunOutcome, RunRequest};
 use crate::launch::{self, Served, Sink};
 use crate::sandbox::Live;
 use crate::wire::{Build, Mode, Spec, WorkspaceMount};
@@ -128,10 +128,10 @@ impl Compute {
         match launch::build_served(&cfg.init_program, &spec).await {
             Ok((holder, served)) => Ok(Pooled {
                 live: Live {
-                    holder,
+                    holder: Some(holder),
                     // The control socket, in `served`, is the lifeline.
                     lifeline: None,
-                    group,
+                    group: Some(group),
                     name,
                     // Not reached from the host: files go in with the command.
                     ws: PathBuf::from(format!("/proc/{holder}/root/workspace")),
@@ -152,7 +152,8 @@ impl Compute {
         let fits = self.config().pool_size > 0
             && req.template.is_none()
             && req.limits == Limits::default()
-            && req.network == Network::None;
+            && req.network == Network::None
+            && req.backend.unwrap_or_default() == Backend::Process;
         if !fits {
             return None;
         }
@@ -189,7 +190,10 @@ impl Compute {
             files: self.seed_files(&req.files, limits.workspace_bytes)?,
             filters: crate::filters()?,
         };
-        let group = &live.group;
+        let group = live
+            .group
+            .as_deref()
+            .ok_or_else(|| Error::internal("a pooled sandbox without its cgroup"))?;
         // What building the sandbox used is not the run's.
         let cpu_before = group.cpu_ns();
         group.reset_peak_memory();

@@ -6,7 +6,8 @@ use sqlx::any::AnyRow;
 use strata_core::{Error, Result};
 use strata_store::{Migration, Store};
 
-use crate::sandbox::{SandboxState, Snapshot, Stored};
+use crate::exec::Backend;
+use crate::sandbox::{SandboxSpec, SandboxState, Snapshot, Stored};
 use crate::template::Template;
 use crate::usage::{UsageFilter, UsageRecord, UsageTotals};
 
@@ -25,6 +26,13 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "snapshot owners and stored usage",
         sqlite: SCHEMA_2,
         postgres: SCHEMA_2,
+    },
+    Migration {
+        layer: "compute",
+        version: 3,
+        name: "sandbox backends",
+        sqlite: SCHEMA_3,
+        postgres: SCHEMA_3,
     },
 ];
 
@@ -78,6 +86,11 @@ CREATE INDEX cmp_usage_task ON cmp_usage (task_id, id);
 CREATE INDEX cmp_usage_sandbox ON cmp_usage (sandbox_id, id);
 ";
 
+// Sandboxes created before version 3 ran processes.
+const SCHEMA_3: &str = "
+ALTER TABLE cmp_sandboxes ADD COLUMN backend TEXT NOT NULL DEFAULT 'process';
+";
+
 fn db(e: sqlx::Error) -> Error {
     strata_store::Error::from(e).into()
 }
@@ -86,15 +99,18 @@ fn corrupt(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("corrupt compute row: {e}"))
 }
 
-const SANDBOX_COLUMNS: &str = "id, state, spec, owner_agent, owner_task, from_snapshot, created_at, updated_at, last_used_at, expires_at";
+const SANDBOX_COLUMNS: &str = "id, state, backend, spec, owner_agent, owner_task, from_snapshot, created_at, updated_at, last_used_at, expires_at";
 
 fn read_sandbox(r: &AnyRow) -> Result<Stored> {
     let state: String = r.try_get("state").map_err(db)?;
     let spec: String = r.try_get("spec").map_err(db)?;
+    let backend: String = r.try_get("backend").map_err(db)?;
+    let mut spec: SandboxSpec = serde_json::from_str(&spec).map_err(corrupt)?;
+    spec.backend = Backend::parse(&backend).ok_or_else(|| corrupt(&backend))?;
     Ok(Stored {
         id: r.try_get("id").map_err(db)?,
         state: SandboxState::parse(&state).ok_or_else(|| corrupt(&state))?,
-        spec: serde_json::from_str(&spec).map_err(corrupt)?,
+        spec,
         owner_agent: r.try_get("owner_agent").map_err(db)?,
         owner_task: r.try_get("owner_task").map_err(db)?,
         from_snapshot: r.try_get("from_snapshot").map_err(db)?,
@@ -112,8 +128,8 @@ pub(crate) async fn insert_sandbox(store: &Store, s: &Stored) -> Result<()> {
         .write(move |c| {
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO cmp_sandboxes (id, state, spec, owner_agent, owner_task, from_snapshot, created_at, updated_at, last_used_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "INSERT INTO cmp_sandboxes (id, state, spec, owner_agent, owner_task, from_snapshot, created_at, updated_at, last_used_at, expires_at, backend)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(s.id)
                 .bind(s.state.as_str())
@@ -125,6 +141,7 @@ pub(crate) async fn insert_sandbox(store: &Store, s: &Stored) -> Result<()> {
                 .bind(s.updated_at)
                 .bind(s.last_used_at)
                 .bind(s.expires_at)
+                .bind(s.spec.backend.as_str())
                 .execute(&mut *c)
                 .await
                 .map_err(db)?;

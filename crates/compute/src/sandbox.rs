@@ -12,6 +12,11 @@
 //! while the sandbox runs: what was written since the last stop or snapshot
 //! is lost if the machine (not just the server) goes down; a server restart
 //! saves it (see `Compute::open`).
+//!
+//! A sandbox of the `wasm` backend has the same workspace, stop/start,
+//! snapshots and files, but no holder and no cgroup: while it runs it is its
+//! mounted workspace, and each exec is one module run in the server against
+//! it (see [`crate::wasm`]).
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -28,7 +33,9 @@ use strata_core::{Error, ErrorCode, Id, Result};
 use tokio::sync::{RwLock, mpsc};
 
 use crate::cgroup::{Group, GroupLimits};
-use crate::exec::{self, Caller, ExecEvent, ExecRequest, Limits, Network, ResolvedLimits, RunOutcome};
+use crate::exec::{
+    self, Backend, Caller, ExecEvent, ExecRequest, Limits, Network, ResolvedLimits, RunOutcome,
+};
 use crate::launch::{self, Sink};
 use crate::wire::{self, Build, Mode, Spec, WorkspaceMount};
 use crate::workspace::{self, FileEntry};
@@ -77,6 +84,10 @@ pub struct CreateSandbox {
     /// Network access.
     #[serde(default)]
     pub network: Network,
+    /// What runs its commands (default: the snapshot's sandbox's, else the
+    /// template's, else `process`); kept for the sandbox's whole life.
+    #[serde(default)]
+    pub backend: Option<Backend>,
     /// Start with the workspace of this snapshot (a fork).
     #[serde(default)]
     pub from_snapshot: Option<String>,
@@ -97,6 +108,10 @@ pub(crate) struct SandboxSpec {
     pub ro_binds: Vec<String>,
     pub template: Option<String>,
     pub idle_stop_ms: Option<i64>,
+    /// Also a column of its own (`cmp_sandboxes.backend`), which wins on read;
+    /// kept here too so a snapshot's copy of the spec carries it to forks.
+    #[serde(default)]
+    pub backend: Backend,
 }
 
 /// A sandbox row.
@@ -121,6 +136,8 @@ pub struct SandboxInfo {
     pub id: String,
     /// Running or stopped.
     pub state: SandboxState,
+    /// What runs its commands.
+    pub backend: Backend,
     /// Its limits.
     pub limits: ResolvedLimits,
     /// Its network.
@@ -178,10 +195,12 @@ pub struct SweepReport {
 
 /// A running sandbox's host-side handles.
 pub(crate) struct Live {
-    pub(crate) holder: i32,
+    /// The holder's host pid (none for a wasm sandbox: nothing runs between execs).
+    pub(crate) holder: Option<i32>,
     /// Closing it ends the holder, and with it every process of the sandbox.
     pub(crate) lifeline: Option<OwnedFd>,
-    pub(crate) group: Arc<Group>,
+    /// The sandbox's cgroup (none for a wasm sandbox, limited in the engine).
+    pub(crate) group: Option<Arc<Group>>,
     /// The group's name under the service's parent (execs get `NAME/xN`).
     pub(crate) name: String,
     /// Where the host reaches the workspace.
@@ -253,6 +272,15 @@ impl Compute {
             (Some(t), Network::None) => t.network,
             (_, n) => n,
         };
+        let backend = req
+            .backend
+            .or(snapshot.as_ref().map(|(_, s)| s.backend))
+            .or(template.as_ref().map(|t| t.backend))
+            .unwrap_or_default()
+            .check_available()?;
+        if backend == Backend::Wasm && network != Network::None {
+            return Err(exec::no_wasm_network());
+        }
         self.network_allowed(network, caller)?;
         let mut env = snapshot.as_ref().map(|(_, s)| s.env.clone()).unwrap_or_default();
         if let Some(t) = &template {
@@ -287,6 +315,7 @@ impl Compute {
                 ro_binds,
                 template: req.template.clone(),
                 idle_stop_ms: req.idle_stop_ms,
+                backend,
             },
             owner_agent: caller.agent_id.clone(),
             owner_task: caller.task_id.clone(),
@@ -378,6 +407,7 @@ impl Compute {
         SandboxInfo {
             id: s.id,
             state: s.state,
+            backend: s.spec.backend,
             limits: s.spec.limits,
             network: s.spec.network,
             template: s.spec.template,
@@ -409,6 +439,7 @@ impl Compute {
     }
 
     async fn start_live(&self, s: &Stored) -> Result<Live> {
+        s.spec.backend.check_available()?;
         let cfg = self.config().clone();
         let dir = self.dir_of(&s.id);
         let ws = dir.join("ws");
@@ -432,6 +463,18 @@ impl Compute {
                     format!("mounting the workspace: {e}"),
                 )
             })?;
+        }
+        if s.spec.backend == Backend::Wasm {
+            // Only the workspace: each exec is a module run in the server.
+            return Ok(Live {
+                holder: None,
+                lifeline: None,
+                group: None,
+                name: s.id.clone(),
+                ws,
+                last_used: AtomicI64::new(self.now()),
+                execs: AtomicU64::new(0),
+            });
         }
         let unmount =
             |ws: PathBuf| blocking(move || umount2(&ws, MntFlags::MNT_DETACH).map_err(std::io::Error::from));
@@ -470,9 +513,9 @@ impl Compute {
         };
         match launch::hold(&cfg.init_program, &spec).await {
             Ok((holder, life_w)) => Ok(Live {
-                holder,
+                holder: Some(holder),
                 lifeline: Some(life_w),
-                group,
+                group: Some(group),
                 name: s.id.clone(),
                 ws,
                 last_used: AtomicI64::new(self.now()),
@@ -490,8 +533,10 @@ impl Compute {
         let ws = live.ws.clone();
         let disk = ws.with_file_name("disk");
         blocking(move || {
-            group.kill();
-            group.remove();
+            if let Some(group) = group {
+                group.kill();
+                group.remove();
+            }
             let mut saved = Ok(());
             if save {
                 saved = save_workspace(&ws, &disk);
@@ -555,18 +600,8 @@ impl Compute {
         let guard = slot.read().await;
         let live = guard.as_ref().ok_or_else(|| stopped(id))?;
         let cap = stored.spec.limits.output_bytes as usize;
-        let limits = stored.spec.limits;
         let out = self
-            .exec_in(
-                Some(id),
-                &limits,
-                &stored.spec.env,
-                live,
-                req,
-                Vec::new(),
-                caller,
-                Sink::Capture(cap),
-            )
+            .exec_on(&stored, live, req, caller, Sink::Capture(cap))
             .await?;
         self.store_usage("exec", &out).await;
         Ok(out)
@@ -581,6 +616,7 @@ impl Compute {
         caller: &Caller,
     ) -> Result<mpsc::Receiver<ExecEvent>> {
         let stored = self.stored(id).await?;
+        stored.spec.backend.check_available()?;
         exec::check_command(&req.command)?;
         exec::check_timeout(self.config(), req.timeout_ms)?;
         let slot = self.slot(id);
@@ -594,18 +630,8 @@ impl Compute {
         tokio::spawn(async move {
             let Some(live) = guard.as_ref() else { return };
             let cap = stored.spec.limits.output_bytes as usize;
-            let limits = stored.spec.limits;
             let out = this
-                .exec_in(
-                    Some(&stored.id),
-                    &limits,
-                    &stored.spec.env,
-                    live,
-                    req,
-                    Vec::new(),
-                    &caller,
-                    Sink::Stream(cap, tx.clone()),
-                )
+                .exec_on(&stored, live, req, &caller, Sink::Stream(cap, tx.clone()))
                 .await;
             match out {
                 Ok(o) => {
@@ -616,6 +642,32 @@ impl Compute {
             }
         });
         Ok(rx)
+    }
+
+    /// Runs one command in the running sandbox `stored` with its backend.
+    async fn exec_on(
+        &self,
+        stored: &Stored,
+        live: &Live,
+        req: ExecRequest,
+        caller: &Caller,
+        sink: Sink,
+    ) -> Result<RunOutcome> {
+        let (id, limits, env) = (Some(stored.id.as_str()), &stored.spec.limits, &stored.spec.env);
+        match stored.spec.backend {
+            Backend::Process => {
+                self.exec_in(id, limits, env, live, req, Vec::new(), caller, sink)
+                    .await
+            }
+            Backend::Wasm => {
+                live.last_used.store(self.now(), Ordering::Relaxed);
+                let out = self
+                    .exec_wasm(id, limits, env, live.ws.clone(), req, caller, sink)
+                    .await;
+                live.last_used.store(self.now(), Ordering::Relaxed);
+                out
+            }
+        }
     }
 
     /// Runs one command in `live`'s namespaces, in a cgroup of its own.
@@ -635,13 +687,16 @@ impl Compute {
         let timeout = exec::check_timeout(self.config(), req.timeout_ms)?;
         let env = exec::environment([base_env, &req.env])?;
         let cwd = exec::check_cwd(req.cwd.as_deref())?;
+        let holder = live
+            .holder
+            .ok_or_else(|| Error::internal("a process exec in a sandbox without a holder"))?;
         live.last_used.store(self.now(), Ordering::Relaxed);
         let n = live.execs.fetch_add(1, Ordering::Relaxed);
         let group = self
             .make_group(format!("{}/x{n}", live.name), GroupLimits::default())
             .await?;
         let spec = Spec {
-            mode: Mode::Enter { holder: live.holder },
+            mode: Mode::Enter { holder },
             cgroup_procs: group.procs_files(),
             build: None,
             exec: Some(wire::Exec {
@@ -654,7 +709,8 @@ impl Compute {
                 filters: crate::filters()?,
             }),
         };
-        let oom_before = live.group.oom_kills();
+        let sandbox_ooms = || live.group.as_ref().map_or(0, |g| g.oom_kills());
+        let oom_before = sandbox_ooms();
         let finished = launch::run(
             &self.config().init_program,
             &spec,
@@ -665,7 +721,7 @@ impl Compute {
         .await;
         let measured = Measured {
             // v1 counts a kill in the victim's own group, not its ancestors.
-            oom: group.oom_kills() > 0 || live.group.oom_kills() > oom_before,
+            oom: group.oom_kills() > 0 || sandbox_ooms() > oom_before,
             cpu_ns: group.cpu_ns(),
             peak_memory: group.peak_memory(),
         };
@@ -950,7 +1006,7 @@ fn tail(s: &str) -> &str {
     &s[i..]
 }
 
-fn mount_workspace(ws: &Path, bytes: u64, uid: u32) -> std::io::Result<()> {
+pub(crate) fn mount_workspace(ws: &Path, bytes: u64, uid: u32) -> std::io::Result<()> {
     let opts = format!("size={bytes},mode=0755,uid={uid},gid={uid}");
     mount(
         Some("tmpfs"),

@@ -211,9 +211,9 @@ impl Compute {
             }
         };
         let live = Live {
-            holder,
+            holder: Some(holder),
             lifeline: Some(lifeline),
-            group,
+            group: Some(group),
             name: id.clone(),
             // Not reached from the host: nothing is copied in or out.
             ws: PathBuf::from(format!("/proc/{holder}/root/workspace")),
@@ -274,7 +274,7 @@ impl Compute {
             )
             .await;
             let measured = Measured {
-                oom: main.oom_kills() > 0 || live.group.oom_kills() > 0,
+                oom: main.oom_kills() > 0 || live.group.as_ref().is_some_and(|g| g.oom_kills() > 0),
                 cpu_ns: main.cpu_ns(),
                 peak_memory: main.peak_memory(),
             };

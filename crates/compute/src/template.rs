@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use strata_core::{Error, ErrorCode, Result};
 
-use crate::{Compute, Limits, Network, repo};
+use crate::{Backend, Compute, Limits, Network, repo};
 
 /// A named base configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -26,6 +26,11 @@ pub struct Template {
     /// Network of runs that do not ask for one (still subject to the grant).
     #[serde(default)]
     pub network: Network,
+    /// Backend of runs and sandboxes that do not ask for one (default
+    /// `process`). The wasm backend ignores `ro_binds`: a module sees only
+    /// `/workspace`.
+    #[serde(default)]
+    pub backend: Backend,
     /// Commands run once in a new persistent sandbox, in order (not for ephemeral runs).
     #[serde(default)]
     pub setup: Vec<Vec<String>>,
@@ -75,6 +80,10 @@ impl Template {
         }
         for c in &self.setup {
             crate::exec::check_command(c)?;
+        }
+        self.backend.check_available()?;
+        if self.backend == Backend::Wasm && self.network != Network::None {
+            return Err(crate::exec::no_wasm_network());
         }
         crate::exec::environment([&self.env])?;
         Ok(())

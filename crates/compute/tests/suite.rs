@@ -14,4 +14,8 @@ mod suite {
     mod persistent;
     mod pool;
     mod run;
+    #[cfg(feature = "wasm")]
+    mod wasm;
+    #[cfg(not(feature = "wasm"))]
+    mod without_wasm;
 }

@@ -81,6 +81,7 @@ codes! {
     SandboxStopped = "sandbox_stopped", 409, "The sandbox is stopped; start it first.";
     UnknownTemplate = "unknown_template", 404, "No sandbox template has this name.";
     ExecFailed = "exec_failed", 422, "The sandboxed command could not be started (no such program, not executable); the detail gives the reason.";
+    BackendUnavailable = "backend_unavailable", 501, "The sandbox backend asked for (`wasm`) is not built into this server.";
     SandboxUnavailable = "sandbox_unavailable", 503, "Sandboxes cannot be started on this host (namespaces, cgroups or the init program are missing).";
     // --- end compute layer ---
     // Memory layer (L3).

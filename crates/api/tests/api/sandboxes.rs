@@ -838,3 +838,94 @@ async fn usage_of_runs_and_execs_is_stored_with_totals_and_agents_see_only_their
         .await
         .problem(400, "invalid_request");
 }
+
+/// A WASI module as `.wat` text: prints its stdin after "hello, ", to stdout,
+/// and exits with 3 through `proc_exit`.
+const GREETER_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "hello, ")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 7))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 1024))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 4) (i32.load (i32.const 8)))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $proc_exit (i32.const 3))))"#;
+
+#[tokio::test]
+async fn a_wasm_module_runs_through_the_run_route() {
+    let app = App::with_sandboxes(|_| {}).await;
+    let a = app.agent_scoped("wasm-runner", &["sandbox.*"]).await;
+    let r = run(
+        &app,
+        &a.token,
+        json!({"backend": "wasm", "command": ["greeter.wat"], "stdin": "wasm\n",
+               "files": [{"path": "greeter.wat", "content": GREETER_WAT}]}),
+    )
+    .await;
+    r.expect(200);
+    let out = r.json();
+    assert_eq!(out["status"], "exited", "{out}");
+    assert_eq!(out["exit_code"], 3, "{out}");
+    assert_eq!(out["stdout"], "hello, wasm\n", "{out}");
+    assert_eq!(out["usage"]["agent_id"], a.id.as_str(), "{out}");
+    assert_eq!(out["usage"]["peak_memory_bytes"], 65_536, "{out}");
+    let usage = app.get("/v1/sandbox-usage", &a.token).await.json();
+    assert_eq!(usage["totals"]["records"], 1, "{usage}");
+
+    // A module that is not WebAssembly is the caller's mistake, named.
+    let detail = run(
+        &app,
+        &a.token,
+        json!({"backend": "wasm", "command": ["bad.wasm"],
+               "files": [{"path": "bad.wasm", "content": "not wasm"}]}),
+    )
+    .await
+    .problem(422, "exec_failed");
+    assert!(detail.contains("not a valid WebAssembly module"), "{detail}");
+    let detail = run(
+        &app,
+        &a.token,
+        json!({"backend": "wasm", "command": ["nothing.wasm"]}),
+    )
+    .await
+    .problem(422, "exec_failed");
+    assert!(detail.contains("no such module"), "{detail}");
+    // An unknown backend is refused before anything runs.
+    let detail = run(&app, &a.token, json!({"backend": "jvm", "command": ["x"]}))
+        .await
+        .problem(400, "invalid_request");
+    assert!(detail.contains("backend"), "{detail}");
+
+    // A persistent wasm sandbox says so, and its modules' files persist.
+    let r = app
+        .post("/v1/sandboxes", &app.admin, &json!({"backend": "wasm"}))
+        .await;
+    r.expect(201);
+    let sbx = r.json();
+    assert_eq!(sbx["backend"], "wasm", "{sbx}");
+    let id = sbx["id"].as_str().expect("id").to_string();
+    put(&app, &id, "greeter.wat", json!({"content": GREETER_WAT}))
+        .await
+        .expect(200);
+    let r = app
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            &app.admin,
+            &json!({"command": ["/workspace/greeter.wat"], "stdin": "again"}),
+        )
+        .await;
+    r.expect(200);
+    assert_eq!(r.json()["stdout"], "hello, again", "{}", r.text());
+    let got = app.get(&format!("/v1/sandboxes/{id}"), &app.admin).await.json();
+    assert_eq!(got["backend"], "wasm", "{got}");
+    app.post("/v1/sandboxes", &app.admin, &json!({"backend": "vm"}))
+        .await
+        .problem(400, "invalid_request");
+}

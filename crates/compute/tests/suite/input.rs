@@ -131,6 +131,7 @@ async fn templates_may_not_bind_host_secrets() {
             env: Default::default(),
             ro_binds: vec![bind.into()],
             network: Default::default(),
+            backend: Default::default(),
             setup: vec![],
         };
         let err = e.compute.put_template(t).await.unwrap_err();

@@ -360,6 +360,7 @@ async fn template_setup_runs_once_in_new_sandboxes() {
             env: [("MODE".to_string(), "t".to_string())].into(),
             ro_binds: vec![],
             network: Default::default(),
+            backend: Default::default(),
             setup: vec![vec![
                 "sh".into(),
                 "-c".into(),

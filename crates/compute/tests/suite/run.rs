@@ -127,6 +127,7 @@ async fn templates_give_runs_their_env_and_limits() {
             env: BTreeMap::from([("FROM_TEMPLATE".into(), "yes".into())]),
             ro_binds: vec![],
             network: Default::default(),
+            backend: Default::default(),
             setup: vec![],
         })
         .await

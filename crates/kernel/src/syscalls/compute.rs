@@ -29,8 +29,9 @@ use base64::Engine;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use strata_compute::{
-    Caller, Chunk, Compute, CreateSandbox, ExecEvent, ExecRequest, FileEntry, FileInput, Limits, Network,
-    RunOutcome, RunRequest, SandboxInfo, Snapshot, SnapshotPage, Status, Template, UsageFilter, UsagePage,
+    Backend, Caller, Chunk, Compute, CreateSandbox, ExecEvent, ExecRequest, FileEntry, FileInput, Limits,
+    Network, RunOutcome, RunRequest, SandboxInfo, Snapshot, SnapshotPage, Status, Template, UsageFilter,
+    UsagePage,
 };
 use strata_core::{Error, ErrorCode, Id, Principal, Result, Spec, Syscall};
 use tokio::sync::mpsc;
@@ -69,11 +70,17 @@ pub struct Items<T> {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxRun {
-    /// Program and arguments, e.g. `["python3", "-c", "print(1)"]`.
+    /// Program and arguments, e.g. `["python3", "-c", "print(1)"]`; for the
+    /// wasm backend the module (`/workspace/x.wasm`, a path relative to
+    /// `cwd`, e.g. one of `files`; binary or `.wat` text) and its arguments.
     pub command: Vec<String>,
     /// Bytes given on standard input (text).
     #[serde(default)]
     pub stdin: Option<String>,
+    /// What runs the command: `process` (Linux namespaces, the default) or
+    /// `wasm` (a WASI preview 1 module under wasmtime); default the template's.
+    #[serde(default)]
+    pub backend: Option<Backend>,
     /// Files placed in `/workspace` first.
     #[serde(default)]
     pub files: Vec<FileInput>,
@@ -105,6 +112,7 @@ impl SandboxRun {
         let run = RunRequest {
             command: self.command,
             stdin: self.stdin,
+            backend: self.backend,
             files: self.files,
             timeout_ms: self.timeout_ms,
             limits: self.limits,
@@ -133,6 +141,10 @@ pub struct SandboxCreate {
     /// Network access.
     #[serde(default)]
     pub network: Network,
+    /// What runs its commands, for its whole life: `process` or `wasm`
+    /// (default the snapshot's sandbox's, else the template's, else `process`).
+    #[serde(default)]
+    pub backend: Option<Backend>,
     /// Start with the workspace of this snapshot (`snp_…`): a fork.
     #[serde(default)]
     pub from_snapshot: Option<String>,
@@ -154,6 +166,7 @@ impl SandboxCreate {
             limits: self.limits,
             env: self.env,
             network: self.network,
+            backend: self.backend,
             from_snapshot: self.from_snapshot,
             idle_stop_ms: self.idle_stop_ms,
             ttl_ms: self.ttl_ms,
@@ -346,7 +359,7 @@ impl Syscall for RunSandbox {
     type Response = RunOutcome;
     const SPEC: Spec = spec!(
         "sandbox.run",
-        "Run one command in a fresh sandbox (namespaces, read-only root, private /tmp and /workspace, seccomp, limits, no network) that is torn down afterwards; returns stdout, stderr, the exit code and usage.",
+        "Run one command in a fresh sandbox (namespaces, read-only root, private /tmp and /workspace, seccomp, limits, no network; or, with `backend: wasm`, a WASI module under wasmtime that sees only /workspace) that is torn down afterwards; returns stdout, stderr, the exit code and usage.",
         "sandbox",
         External,
         Principal,
