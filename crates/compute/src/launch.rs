@@ -347,14 +347,20 @@ async fn wait_ready(child: &mut tokio::process::Child, control: &mut tokio::net:
     let mut pid = None;
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
         let mut line = String::new();
+        // `Started` comes from the namespace side and `Ready` from the
+        // sandbox's pid 1: two processes, so either may come first.
+        let mut ready = false;
         loop {
+            if ready && pid.is_some() {
+                return Ok(());
+            }
             line.clear();
             if !matches!(reader.read_line(&mut line).await, Ok(n) if n > 0) {
                 break;
             }
             match serde_json::from_str::<Report>(&line) {
                 Ok(Report::Started { pid: p }) => pid = Some(p),
-                Ok(Report::Ready) => return Ok(()),
+                Ok(Report::Ready) => ready = true,
                 Ok(Report::SetupFailed { stage, reason }) => {
                     return Err(Error::new(
                         strata_core::ErrorCode::SandboxUnavailable,
