@@ -286,16 +286,8 @@ impl Compute {
         if backend == Backend::Wasm {
             return self.run_wasm(req, template, caller).await;
         }
-        let base = match &template {
-            Some(t) => ResolvedLimits::resolve(&cfg.default_limits, &t.limits, &cfg.max_limits)?,
-            None => cfg.default_limits,
-        };
-        let limits = ResolvedLimits::resolve(&base, &req.limits, &cfg.max_limits)?;
+        let (limits, network) = self.over_template(template.as_ref(), &req.limits, req.network)?;
         let timeout = exec::check_timeout(cfg, req.timeout_ms)?;
-        let network = match (&template, req.network) {
-            (Some(t), Network::None) => t.network,
-            (_, n) => n,
-        };
         let host_network = self.network_allowed(network, caller)?;
         let empty = Default::default();
         let env = exec::environment([template.as_ref().map_or(&empty, |t| &t.env), &req.env])?;
@@ -382,6 +374,28 @@ impl Compute {
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), idle).await;
         }
+    }
+
+    /// The limits and network of a request over its template: the template's
+    /// limits over the defaults, the request's over those (all within the
+    /// maximum), and the template's network unless the request asks for one.
+    fn over_template(
+        &self,
+        template: Option<&Template>,
+        limits: &Limits,
+        network: Network,
+    ) -> Result<(ResolvedLimits, Network)> {
+        let cfg = self.config();
+        let base = match template {
+            Some(t) => ResolvedLimits::resolve(&cfg.default_limits, &t.limits, &cfg.max_limits)?,
+            None => cfg.default_limits,
+        };
+        let limits = ResolvedLimits::resolve(&base, limits, &cfg.max_limits)?;
+        let network = match (template, network) {
+            (Some(t), Network::None) => t.network,
+            (_, n) => n,
+        };
+        Ok((limits, network))
     }
 
     fn network_allowed(&self, network: Network, caller: &Caller) -> Result<bool> {

@@ -30,7 +30,7 @@ use strata_core::{Error, Id, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cgroup::GroupLimits;
-use crate::exec::{self, Caller, Chunk, ExecEvent, Limits, Network, ResolvedLimits, RunOutcome};
+use crate::exec::{self, Caller, Chunk, ExecEvent, Limits, Network, RunOutcome};
 use crate::launch::{self, Control, Sink};
 use crate::sandbox::Live;
 use crate::wire::{self, Build, Mode, Spec, WorkspaceMount};
@@ -165,15 +165,7 @@ impl Compute {
             Some(name) => Some(self.template(name).await?),
             None => None,
         };
-        let base = match &template {
-            Some(t) => ResolvedLimits::resolve(&cfg.default_limits, &t.limits, &cfg.max_limits)?,
-            None => cfg.default_limits,
-        };
-        let limits = ResolvedLimits::resolve(&base, &req.limits, &cfg.max_limits)?;
-        let network = match (&template, req.network) {
-            (Some(t), Network::None) => t.network,
-            (_, n) => n,
-        };
+        let (limits, network) = self.over_template(template.as_ref(), &req.limits, req.network)?;
         let host_network = self.network_allowed(network, caller)?;
         let empty = BTreeMap::new();
         let env = exec::environment([template.as_ref().map_or(&empty, |t| &t.env), &req.env])?;

@@ -548,15 +548,7 @@ mod engine {
             caller: &Caller,
         ) -> Result<RunOutcome> {
             let cfg = self.config().clone();
-            let base = match &template {
-                Some(t) => ResolvedLimits::resolve(&cfg.default_limits, &t.limits, &cfg.max_limits)?,
-                None => cfg.default_limits,
-            };
-            let limits = ResolvedLimits::resolve(&base, &req.limits, &cfg.max_limits)?;
-            let network = match (&template, req.network) {
-                (Some(t), Network::None) => t.network,
-                (_, n) => n,
-            };
+            let (limits, network) = self.over_template(template.as_ref(), &req.limits, req.network)?;
             if network != Network::None {
                 return Err(exec::no_wasm_network());
             }
