@@ -293,27 +293,20 @@ impl Compute {
         let env = exec::environment([template.as_ref().map_or(&empty, |t| &t.env), &req.env])?;
         let cwd = exec::check_cwd(req.cwd.as_deref())?;
         let files = self.seed_files(&req.files, limits.workspace_bytes)?;
-        let mut ro_binds = cfg.ro_binds.clone();
-        if let Some(t) = &template {
-            ro_binds.extend(t.ro_binds.iter().map(PathBuf::from));
-        }
         let group_name = Id::new("run").to_string();
         let group = self.make_group(group_name, group_limits(&limits)).await?;
         let spec = Spec {
             mode: Mode::Run,
-            cgroup_procs: group.procs_files(),
-            build: Some(Build {
-                host_root_uid: cfg.host_root_uid,
-                host_user_uid: cfg.host_user_uid,
-                root_dir: self.inner.root_dir.clone(),
-                ro_binds,
-                workspace: WorkspaceMount::Tmpfs {
+            cgroup_join: group.join_files(),
+            build: Some(self.build(
+                template.iter().flat_map(|t| t.ro_binds.iter().map(PathBuf::from)),
+                WorkspaceMount::Tmpfs {
                     bytes: limits.workspace_bytes,
                 },
-                tmp_bytes: limits.tmp_bytes,
+                limits.tmp_bytes,
                 host_network,
                 files,
-            }),
+            )),
             exec: Some(wire::Exec {
                 argv: req.command.clone(),
                 env,
@@ -396,6 +389,32 @@ impl Compute {
             (_, n) => n,
         };
         Ok((limits, network))
+    }
+
+    /// How to build a sandbox on this service's root folder and ids: the
+    /// configured read-only binds, then `extra_binds` (a template's, a
+    /// request's), and the workspace, `/tmp` size, network and seed files given.
+    fn build(
+        &self,
+        extra_binds: impl IntoIterator<Item = PathBuf>,
+        workspace: WorkspaceMount,
+        tmp_bytes: u64,
+        host_network: bool,
+        files: Vec<SeedFile>,
+    ) -> Build {
+        let cfg = self.config();
+        let mut ro_binds = cfg.ro_binds.clone();
+        ro_binds.extend(extra_binds);
+        Build {
+            host_root_uid: cfg.host_root_uid,
+            host_user_uid: cfg.host_user_uid,
+            root_dir: self.inner.root_dir.clone(),
+            ro_binds,
+            workspace,
+            tmp_bytes,
+            host_network,
+            files,
+        }
     }
 
     fn network_allowed(&self, network: Network, caller: &Caller) -> Result<bool> {

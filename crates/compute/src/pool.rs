@@ -24,7 +24,7 @@ use strata_core::{Error, Id, Result};
 use crate::exec::{self, Backend, Caller, Limits, Network, RunOutcome, RunRequest};
 use crate::launch::{self, Served, Sink};
 use crate::sandbox::Live;
-use crate::wire::{Build, Mode, Spec, WorkspaceMount};
+use crate::wire::{Mode, Spec, WorkspaceMount};
 use crate::{Compute, Measured, group_limits, outcome_of};
 
 /// A ready sandbox and the way to hand it its command.
@@ -109,20 +109,19 @@ impl Compute {
         let name = Id::new("pool").to_string();
         let group = Arc::new(self.make_group(name.clone(), group_limits(&limits)).await?);
         let spec = Spec {
-            mode: Mode::Serve,
-            cgroup_procs: group.procs_files(),
-            build: Some(Build {
-                host_root_uid: cfg.host_root_uid,
-                host_user_uid: cfg.host_user_uid,
-                root_dir: self.inner.root_dir.clone(),
-                ro_binds: cfg.ro_binds.clone(),
-                workspace: WorkspaceMount::Tmpfs {
+            mode: Mode::Serve {
+                filters: crate::filters()?,
+            },
+            cgroup_join: group.join_files(),
+            build: Some(self.build(
+                [],
+                WorkspaceMount::Tmpfs {
                     bytes: limits.workspace_bytes,
                 },
-                tmp_bytes: limits.tmp_bytes,
-                host_network: false,
-                files: Vec::new(),
-            }),
+                limits.tmp_bytes,
+                false,
+                Vec::new(),
+            )),
             exec: None,
         };
         match launch::build_served(&cfg.init_program, &spec).await {
@@ -188,7 +187,8 @@ impl Compute {
             rlimits: self.rlimits(&limits),
             stdin: req.stdin.clone().map(String::into_bytes).unwrap_or_default(),
             files: self.seed_files(&req.files, limits.workspace_bytes)?,
-            filters: crate::filters()?,
+            // Pid 1 installed them before it reported ready.
+            filters: Vec::new(),
         };
         let group = live
             .group

@@ -37,7 +37,7 @@ use crate::exec::{
     self, Backend, Caller, ExecEvent, ExecRequest, Limits, Network, ResolvedLimits, RunOutcome,
 };
 use crate::launch::{self, Sink};
-use crate::wire::{self, Build, Mode, Spec, WorkspaceMount};
+use crate::wire::{self, Mode, Spec, WorkspaceMount};
 use crate::workspace::{self, FileEntry};
 use crate::{Compute, Measured, group_limits, outcome_of, repo};
 
@@ -494,21 +494,16 @@ impl Compute {
             let _ = unmount(ws).await;
             e
         };
-        let mut ro_binds = cfg.ro_binds.clone();
-        ro_binds.extend(s.spec.ro_binds.iter().map(PathBuf::from));
         let spec = Spec {
             mode: Mode::Hold,
-            cgroup_procs: group.procs_files(),
-            build: Some(Build {
-                host_root_uid: cfg.host_root_uid,
-                host_user_uid: cfg.host_user_uid,
-                root_dir: self.inner.root_dir.clone(),
-                ro_binds,
-                workspace: WorkspaceMount::Bind { host: ws.clone() },
-                tmp_bytes: limits.tmp_bytes,
-                host_network: s.spec.network == Network::HostEgress,
-                files: Vec::new(),
-            }),
+            cgroup_join: group.join_files(),
+            build: Some(self.build(
+                s.spec.ro_binds.iter().map(PathBuf::from),
+                WorkspaceMount::Bind { host: ws.clone() },
+                limits.tmp_bytes,
+                s.spec.network == Network::HostEgress,
+                Vec::new(),
+            )),
             exec: None,
         };
         match launch::hold(&cfg.init_program, &spec).await {
@@ -697,7 +692,7 @@ impl Compute {
             .await?;
         let spec = Spec {
             mode: Mode::Enter { holder },
-            cgroup_procs: group.procs_files(),
+            cgroup_join: group.join_files(),
             build: None,
             exec: Some(wire::Exec {
                 argv: req.command.clone(),

@@ -33,7 +33,7 @@ use crate::cgroup::GroupLimits;
 use crate::exec::{self, Caller, Chunk, ExecEvent, Limits, Network, RunOutcome};
 use crate::launch::{self, Control, Sink};
 use crate::sandbox::Live;
-use crate::wire::{self, Build, Mode, Spec, WorkspaceMount};
+use crate::wire::{self, Mode, Spec, WorkspaceMount};
 use crate::{Compute, Measured, group_limits, outcome_of};
 
 /// What to run as a service.
@@ -170,29 +170,26 @@ impl Compute {
         let empty = BTreeMap::new();
         let env = exec::environment([template.as_ref().map_or(&empty, |t| &t.env), &req.env])?;
         let cwd = exec::check_cwd(req.cwd.as_deref())?;
-        let mut ro_binds = cfg.ro_binds.clone();
-        if let Some(t) = &template {
-            ro_binds.extend(t.ro_binds.iter().map(PathBuf::from));
-        }
-        ro_binds.extend(req.ro_binds.iter().cloned());
+        let extra_binds: Vec<PathBuf> = template
+            .iter()
+            .flat_map(|t| t.ro_binds.iter().map(PathBuf::from))
+            .chain(req.ro_binds.iter().cloned())
+            .collect();
 
         let id = Id::new("svc").to_string();
         let group = Arc::new(self.make_group(id.clone(), group_limits(&limits)).await?);
         let hold = Spec {
             mode: Mode::Hold,
-            cgroup_procs: group.procs_files(),
-            build: Some(Build {
-                host_root_uid: cfg.host_root_uid,
-                host_user_uid: cfg.host_user_uid,
-                root_dir: self.inner.root_dir.clone(),
-                ro_binds,
-                workspace: WorkspaceMount::Tmpfs {
+            cgroup_join: group.join_files(),
+            build: Some(self.build(
+                extra_binds,
+                WorkspaceMount::Tmpfs {
                     bytes: limits.workspace_bytes,
                 },
-                tmp_bytes: limits.tmp_bytes,
+                limits.tmp_bytes,
                 host_network,
-                files: Vec::new(),
-            }),
+                Vec::new(),
+            )),
             exec: None,
         };
         let (holder, lifeline) = match launch::hold(&cfg.init_program, &hold).await {
@@ -231,7 +228,7 @@ impl Compute {
         };
         let spec = Spec {
             mode: Mode::Enter { holder },
-            cgroup_procs: main.procs_files(),
+            cgroup_join: main.join_files(),
             build: None,
             exec: Some(wire::Exec {
                 argv: req.command.clone(),

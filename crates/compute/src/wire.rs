@@ -22,8 +22,13 @@ pub(crate) enum Mode {
     /// Build a sandbox whose pid 1 waits for one [`Exec`] line on the control
     /// socket, runs it as its child — already inside every namespace and
     /// cgroup, so nothing is joined — reports how it ended, and exits (a
-    /// pooled sandbox; the socket closing first ends it unused).
-    Serve,
+    /// pooled sandbox; the socket closing first ends it unused). Pid 1
+    /// installs `filters` (with `no_new_privs`) on itself before it reports
+    /// ready, so the command inherits them and the [`Exec`] carries none.
+    Serve {
+        /// The seccomp filters of every command, installed ahead.
+        filters: Vec<Filter>,
+    },
     /// Join the namespaces of the holder with this host pid and run one command.
     Enter {
         /// The holder's pid in the host's pid namespace.
@@ -97,6 +102,8 @@ pub(crate) struct Exec {
     pub files: Vec<SeedFile>,
     /// The seccomp programs to install, compiled once by the server:
     /// `(code, jt, jf, k)` instructions.
+    /// Empty only when the process running it already has them
+    /// ([`Mode::Serve`]).
     pub filters: Vec<Filter>,
 }
 
@@ -121,8 +128,9 @@ pub(crate) struct Rlimits {
 pub(crate) struct Spec {
     /// What to do.
     pub mode: Mode,
-    /// `cgroup.procs` files the init writes its pid to before anything else.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// Files the init writes to before anything else, to join its groups
+    /// (v1 `tasks`: `0`; v2 `cgroup.procs`: its pid).
+    pub cgroup_join: Vec<PathBuf>,
     /// How to build the sandbox (not used by [`Mode::Enter`]).
     pub build: Option<Build>,
     /// The command (not used by [`Mode::Hold`]; sent later by [`Mode::Serve`]).

@@ -149,6 +149,24 @@ async fn attack_ptrace_is_denied() {
 }
 
 #[tokio::test]
+async fn attack_through_the_x32_abi_is_denied() {
+    let e = env().await;
+    // The x32 numbers of getpid (39) and unshare (272): bit 30 set. Without
+    // the filter a kernel with x32 support would run them; here both are EPERM.
+    let o = run(
+        &e,
+        py(&syscall_probe(
+            "(libc.syscall(0x40000000 | 39), libc.syscall(0x40000000 | 272, 0x10000000))",
+        )),
+    )
+    .await;
+    assert_eq!(o.stdout.trim(), "(-1, -1) 1", "{o:?}");
+    // The native call still works.
+    let o = run(&e, py(&syscall_probe("libc.syscall(39) > 0"))).await;
+    assert_eq!(o.stdout.trim(), "True 0", "{o:?}");
+}
+
+#[tokio::test]
 async fn attack_unshare_or_setns_to_regain_privileges_is_denied() {
     let e = env().await;
     // CLONE_NEWUSER = 0x10000000, CLONE_NEWNS = 0x20000
