@@ -263,15 +263,21 @@ impl Compute {
     /// Runs one command in a fresh sandbox that is torn down afterwards, and
     /// stores its usage.
     pub async fn run(&self, req: RunRequest, caller: &Caller) -> Result<RunOutcome> {
-        let out = self.run_once(req, caller).await?;
+        let mut after = AfterRun {
+            compute: self.clone(),
+            cold: None,
+            pooled: None,
+        };
+        let out = self.run_once(req, caller, &mut after).await?;
         self.store_usage("run", &out).await;
+        drop(after);
         Ok(out)
     }
 
-    async fn run_once(&self, req: RunRequest, caller: &Caller) -> Result<RunOutcome> {
+    async fn run_once(&self, req: RunRequest, caller: &Caller, after: &mut AfterRun) -> Result<RunOutcome> {
         let cfg = &self.inner.config;
         exec::check_command(&req.command)?;
-        if let Some(out) = self.run_pooled(&req, caller).await {
+        if let Some(out) = self.run_pooled(&req, caller, after).await {
             return out;
         }
         let template = match &req.template {
@@ -336,7 +342,7 @@ impl Compute {
             }
             Err(e) => (Err(e), None),
         };
-        self.clean_up(child, group);
+        after.cold = Some((child, group));
         outcome
     }
 
@@ -520,6 +526,38 @@ fn group_limits(l: &ResolvedLimits) -> GroupLimits {
         memory_bytes: Some(l.memory_bytes),
         pids: Some(l.pids),
         cpu_millis: Some(l.cpu_millis),
+    }
+}
+
+/// What a run leaves to do once its usage is stored: tearing its sandbox down
+/// (and refilling the pool) would otherwise compete for the CPU with the write
+/// the reply waits for. It starts when this is dropped, so a run whose caller
+/// goes away cleans up too.
+pub(crate) struct AfterRun {
+    compute: Compute,
+    /// A cold run's init and cgroup.
+    pub(crate) cold: Option<(Option<tokio::process::Child>, cgroup::Group)>,
+    /// A used pooled sandbox.
+    pub(crate) pooled: Option<sandbox::Live>,
+}
+
+impl Drop for AfterRun {
+    fn drop(&mut self) {
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        if let Some((child, group)) = self.cold.take() {
+            if in_runtime {
+                self.compute.clean_up(child, group);
+            } else {
+                drop(child);
+                group.remove();
+            }
+        }
+        if let Some(live) = self.pooled.take()
+            && in_runtime
+        {
+            self.compute.retire(live);
+            self.compute.refill_pool();
+        }
     }
 }
 

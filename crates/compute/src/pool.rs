@@ -147,7 +147,15 @@ impl Compute {
     }
 
     /// Runs `req` in a pooled sandbox when it fits one and one is ready.
-    pub(crate) async fn run_pooled(&self, req: &RunRequest, caller: &Caller) -> Option<Result<RunOutcome>> {
+    /// Runs `req` in a pooled sandbox if it fits one and one is ready; the
+    /// used sandbox is left in `after` (ended, and the pool refilled, once the
+    /// run's usage is stored).
+    pub(crate) async fn run_pooled(
+        &self,
+        req: &RunRequest,
+        caller: &Caller,
+        after: &mut crate::AfterRun,
+    ) -> Option<Result<RunOutcome>> {
         let fits = self.config().pool_size > 0
             && req.template.is_none()
             && req.limits == Limits::default()
@@ -165,8 +173,7 @@ impl Compute {
             .pop()?;
         let Pooled { live, served } = pooled;
         let out = self.run_in_pooled(&live, served, req, caller).await;
-        self.retire(live);
-        self.refill_pool();
+        after.pooled = Some(live);
         Some(out)
     }
 
@@ -214,7 +221,7 @@ impl Compute {
     }
 
     /// Ends a used pooled sandbox after the reply.
-    fn retire(&self, live: Live) {
+    pub(crate) fn retire(&self, live: Live) {
         let this = self.clone();
         let pending = self.inner.pending.clone();
         pending.count.fetch_add(1, Ordering::SeqCst);

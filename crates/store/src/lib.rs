@@ -33,6 +33,11 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, watch};
 
+/// Set on every SQLite connection. FULL: a commit is durable once
+/// acknowledged, even across power loss.
+pub(crate) const SQLITE_PRAGMAS: &str =
+    "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
 /// The database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -144,17 +149,14 @@ impl Store {
             let mut c = sqlx::AnyConnection::connect_with(&connect).await?;
             c.execute("PRAGMA journal_mode = WAL").await?;
         }
+        let writer_connect = connect.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(opts.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // FULL: a commit is durable once acknowledged, even across power loss.
-                        conn.execute(
-                            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_PRAGMAS).await?;
                     }
                     Ok(())
                 })
@@ -166,8 +168,13 @@ impl Store {
         migrate::run(&pool, backend, &sets).await?;
         let stop = Arc::new(Notify::new());
         let tail = commit::TailSlot::default();
-        let (writes, committed) =
-            commit::start(pool.clone(), backend, opts.max_batch, stop.clone(), tail.clone())?;
+        let (writes, committed) = commit::start(
+            writer_connect,
+            backend,
+            opts.max_batch,
+            stop.clone(),
+            tail.clone(),
+        )?;
         Ok(Store {
             pool,
             backend,
