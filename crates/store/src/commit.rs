@@ -8,13 +8,8 @@
 //! commit. Results are released only after `COMMIT` returns, so nobody sees an
 //! acknowledgement for a write that could still be lost.
 //!
-//! The writer opens its own connection, on its own thread. On SQLite that
-//! thread is first pinned to one CPU, so the driver's worker thread (which
-//! runs each statement, and which the connection starts from the thread that
-//! opens it) inherits the same CPU: every statement is a hand-off between
-//! two threads, and on one CPU a hand-off is a plain context switch, while
-//! across CPUs it can wait for an idle CPU to wake (measured on a 2-vCPU VM:
-//! a round trip of 17 µs on one CPU, 150 µs across two).
+//! The writer opens its own connection (not one of the read pool's), on its
+//! own thread.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -85,12 +80,7 @@ pub(crate) fn start(
     let run = w.run(rx, committed_tx, stop);
     std::thread::Builder::new()
         .name("strata-writer".into())
-        .spawn(move || {
-            if backend == Backend::Sqlite {
-                pin_to_one_cpu();
-            }
-            rt.block_on(run)
-        })
+        .spawn(move || rt.block_on(run))
         .map_err(sqlx::Error::Io)?;
     Ok((tx, committed_rx))
 }
@@ -122,30 +112,6 @@ where
     });
     jobs.send(Job(run)).await.map_err(|_| E::from(Error::Closed))?;
     rx.await.map_err(|_| E::from(Error::Closed))?
-}
-
-/// Pins the calling thread to the last CPU it may run on (nothing to do with one).
-fn pin_to_one_cpu() {
-    #[cfg(target_os = "linux")]
-    {
-        use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
-        use nix::unistd::Pid;
-        let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
-            return;
-        };
-        let cpus: Vec<usize> = (0..CpuSet::count())
-            .filter(|&c| allowed.is_set(c).unwrap_or(false))
-            .collect();
-        let (true, Some(&last)) = (cpus.len() > 1, cpus.last()) else {
-            return;
-        };
-        let mut one = CpuSet::new();
-        if one.set(last).is_ok()
-            && let Err(e) = sched_setaffinity(Pid::from_raw(0), &one)
-        {
-            tracing::debug!(error = %e, "the writer could not be pinned to one CPU");
-        }
-    }
 }
 
 struct Writer {
@@ -208,7 +174,7 @@ impl Writer {
 }
 
 impl Writer {
-    /// Opens the writer's own connection (on this thread: see the module doc).
+    /// Opens the writer's own connection.
     async fn open(&self) -> Result<AnyConnection, sqlx::Error> {
         let mut c = AnyConnection::connect_with(&self.connect).await?;
         if self.backend == Backend::Sqlite {
