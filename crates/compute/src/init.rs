@@ -676,8 +676,6 @@ fn enter(holder: i32, spec: &Spec, control: &UnixStream) -> i32 {
     }
 }
 
-/// Drops to the sandbox user, applies rlimits and seccomp, and execs.
-/// Returns only with the exit code of a failure (already reported).
 /// `no_new_privs`, then `filters` in order.
 fn install_filters(filters: &[crate::wire::Filter]) -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
@@ -690,8 +688,9 @@ fn install_filters(filters: &[crate::wire::Filter]) -> Result<(), String> {
     Ok(())
 }
 
-/// Drops to the sandbox user and execs `exec`'s command; `filtered` says
-/// whether this process already has the seccomp filters ([`Mode::Serve`]).
+/// Drops to the sandbox user, applies rlimits and seccomp (unless `filtered`:
+/// this process already has the filters, [`Mode::Serve`]), and execs.
+/// Returns only with the exit code of a failure (already reported).
 fn exec_command(exec: &Exec, filtered: bool, control: &UnixStream) -> i32 {
     let fail = |reason: String| {
         report(control, &Report::ExecFailed { reason });

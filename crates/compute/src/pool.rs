@@ -146,7 +146,6 @@ impl Compute {
         }
     }
 
-    /// Runs `req` in a pooled sandbox when it fits one and one is ready.
     /// Runs `req` in a pooled sandbox if it fits one and one is ready; the
     /// used sandbox is left in `after` (ended, and the pool refilled, once the
     /// run's usage is stored).

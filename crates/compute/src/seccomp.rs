@@ -9,7 +9,7 @@
 //! live in memory the filter cannot inspect, which makes libc fall back to
 //! `clone`, whose flags it can. Every call of the x32 ABI (the same calls
 //! with bit 30 set in the number) returns `EPERM`: no program in a sandbox
-//! is built for it, and one three-instruction filter covering them all keeps
+//! is built for it, and one four-instruction filter covering them all keeps
 //! the deny list half as long. The kernel evaluates each installed filter for
 //! every call number when it is installed (to cache what is always allowed),
 //! so a shorter list is a faster sandbox start.

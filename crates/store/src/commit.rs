@@ -8,8 +8,9 @@
 //! commit. Results are released only after `COMMIT` returns, so nobody sees an
 //! acknowledgement for a write that could still be lost.
 //!
-//! The writer opens its own connection (not one of the read pool's), on its
-//! own thread.
+//! The writer opens its own connection rather than taking one of the read
+//! pool's: readers keep every pooled connection, and the writer's is closed
+//! by the writer itself when it stops, never handed back to a pool.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -122,6 +123,15 @@ struct Writer {
 }
 
 impl Writer {
+    /// Opens the writer's own connection.
+    async fn open(&self) -> Result<AnyConnection, sqlx::Error> {
+        let mut c = AnyConnection::connect_with(&self.connect).await?;
+        if self.backend == Backend::Sqlite {
+            c.execute(crate::SQLITE_PRAGMAS).await?;
+        }
+        Ok(c)
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<Job>, committed: watch::Sender<u64>, stop: Arc<Notify>) {
         let max_batch = self.max_batch;
         let mut conn: Option<AnyConnection> = None;
@@ -170,17 +180,6 @@ impl Writer {
                 }
             }
         }
-    }
-}
-
-impl Writer {
-    /// Opens the writer's own connection.
-    async fn open(&self) -> Result<AnyConnection, sqlx::Error> {
-        let mut c = AnyConnection::connect_with(&self.connect).await?;
-        if self.backend == Backend::Sqlite {
-            c.execute(crate::SQLITE_PRAGMAS).await?;
-        }
-        Ok(c)
     }
 }
 
