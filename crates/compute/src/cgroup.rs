@@ -325,8 +325,9 @@ pub(crate) fn join_value(file: &Path, pid: u32) -> String {
 
 fn remove_tree(d: &Path) {
     if let Ok(entries) = fs::read_dir(d) {
+        // The entry's type comes with the listing: no stat of each control file.
         for e in entries.flatten() {
-            if e.path().is_dir() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 remove_tree(&e.path());
             }
         }

@@ -133,6 +133,20 @@ pub(crate) struct Control {
     pub(crate) signals: mpsc::UnboundedReceiver<Signal>,
 }
 
+/// A started init waiting for its spec.
+pub(crate) struct Init {
+    child: tokio::process::Child,
+    control: tokio::net::UnixStream,
+}
+
+/// Starts an init for [`run`] or [`run_controlled`]. Callers start it before
+/// they create the command's cgroups, so the init's own start-up (loading,
+/// linking) runs while they do; it waits for its spec, and dropping it kills it.
+pub(crate) fn start(init_program: &Path) -> Result<Init> {
+    let (child, control) = spawn_init(init_program, true)?;
+    Ok(Init { child, control })
+}
+
 /// Runs a command ([`crate::wire::Mode::Run`] or [`crate::wire::Mode::Enter`])
 /// to its end or its timeout. On timeout, or once the command's main process
 /// has ended, everything left in `kill_group` is killed. Returns as soon as
@@ -140,13 +154,13 @@ pub(crate) struct Control {
 /// be tearing the namespaces down — the returned child is reaped by the
 /// caller's clean-up.
 pub(crate) async fn run(
-    init_program: &Path,
+    init: Init,
     spec: &Spec,
     sink: Sink,
     timeout: Duration,
     kill_group: &Group,
 ) -> Result<(Finished, tokio::process::Child)> {
-    run_controlled(init_program, spec, sink, timeout, kill_group, None).await
+    run_controlled(init, spec, sink, timeout, kill_group, None).await
 }
 
 /// The next signal `control` asks for; never, without a control. Once its
@@ -167,7 +181,7 @@ async fn next_signal(control: &mut Option<Control>) -> Signal {
 /// [`run`], with the main process signalled as `control` asks
 /// (`Duration::MAX`: no timeout).
 pub(crate) async fn run_controlled(
-    init_program: &Path,
+    init: Init,
     spec: &Spec,
     sink: Sink,
     timeout: Duration,
@@ -175,7 +189,10 @@ pub(crate) async fn run_controlled(
     ctl: Option<Control>,
 ) -> Result<(Finished, tokio::process::Child)> {
     let started = Instant::now();
-    let (mut child, mut control) = spawn_init(init_program, true)?;
+    let Init {
+        mut child,
+        mut control,
+    } = init;
     send_spec(&mut control, spec).await?;
     let output = Output {
         stdout: child.stdout.take(),

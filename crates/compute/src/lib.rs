@@ -63,7 +63,7 @@ pub use exec::{
     Backend, Caller, Chunk, ExecEvent, ExecRequest, FileInput, Limits, Network, ResolvedLimits, RunOutcome,
     RunRequest, Status, Stream, Usage,
 };
-pub use init::maybe_run_init;
+pub use init::{init_beside, maybe_run_init};
 pub use repo::MIGRATIONS;
 pub use sandbox::{CreateSandbox, SandboxInfo, SandboxState, Snapshot, SnapshotPage};
 pub use service::{Service, ServiceEvent, ServiceRequest};
@@ -170,6 +170,7 @@ struct Inner {
     slots: std::sync::Mutex<HashMap<String, sandbox::Slot>>,
     pending: Arc<Pending>,
     pool: pool::Pool,
+    usage_queue: usage::Queue,
     #[cfg(feature = "wasm")]
     wasm: wasm::Runtime,
 }
@@ -234,6 +235,7 @@ impl Compute {
                 slots: std::sync::Mutex::new(HashMap::new()),
                 pending: Arc::default(),
                 pool: pool::Pool::default(),
+                usage_queue: usage::Queue::default(),
                 #[cfg(feature = "wasm")]
                 wasm: wasm::Runtime::new()?,
             }),
@@ -261,7 +263,7 @@ impl Compute {
     }
 
     /// Runs one command in a fresh sandbox that is torn down afterwards, and
-    /// stores its usage.
+    /// queues its usage (see [`usage`] for why the reply need not wait for it).
     pub async fn run(&self, req: RunRequest, caller: &Caller) -> Result<RunOutcome> {
         let mut after = AfterRun {
             compute: self.clone(),
@@ -269,8 +271,13 @@ impl Compute {
             pooled: None,
         };
         let out = self.run_once(req, caller, &mut after).await?;
-        self.store_usage("run", &out).await;
-        drop(after);
+        let stored = self.queue_usage("run", &out).await;
+        // Tear down once the record has committed: before that, tear-down
+        // competes for the CPU with the commit the caller's outcome waits for.
+        tokio::spawn(async move {
+            stored.await;
+            drop(after);
+        });
         Ok(out)
     }
 
@@ -300,6 +307,7 @@ impl Compute {
         let cwd = exec::check_cwd(req.cwd.as_deref())?;
         let files = self.seed_files(&req.files, limits.workspace_bytes)?;
         let group_name = Id::new("run").to_string();
+        let init = launch::start(&cfg.init_program)?;
         let group = self.make_group(group_name, group_limits(&limits)).await?;
         let spec = Spec {
             mode: Mode::Run,
@@ -324,7 +332,7 @@ impl Compute {
             }),
         };
         let finished = launch::run(
-            &cfg.init_program,
+            init,
             &spec,
             Sink::Capture(limits.output_bytes as usize),
             Duration::from_millis(timeout),

@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use strata_core::{Error, Result};
-use strata_store::{Migration, Store};
+use strata_store::{Migration, Queued, Store};
 
 use crate::exec::Backend;
 use crate::sandbox::{SandboxSpec, SandboxState, Snapshot, Stored};
@@ -377,10 +377,10 @@ pub(crate) async fn delete_template(store: &Store, name: &str) -> Result<bool> {
         .await
 }
 
-pub(crate) async fn insert_usage(store: &Store, u: &UsageRecord, at: i64) -> Result<()> {
-    let u = u.clone();
+/// Queues a usage record; the [`Queued`] resolves once it has committed.
+pub(crate) async fn queue_usage(store: &Store, u: UsageRecord, at: i64) -> Result<Queued<(), Error>> {
     store
-        .write(move |c| {
+        .write_queued(move |c| {
             Box::pin(async move {
                 sqlx::query(
                     "INSERT INTO cmp_usage (id, kind, status, agent_id, task_id, sandbox_id, wall_ms, cpu_ms, peak_memory_bytes, at)

@@ -598,7 +598,7 @@ impl Compute {
         let out = self
             .exec_on(&stored, live, req, caller, Sink::Capture(cap))
             .await?;
-        self.store_usage("exec", &out).await;
+        tokio::spawn(self.queue_usage("exec", &out).await);
         Ok(out)
     }
 
@@ -630,7 +630,7 @@ impl Compute {
                 .await;
             match out {
                 Ok(o) => {
-                    this.store_usage("exec", &o).await;
+                    tokio::spawn(this.queue_usage("exec", &o).await);
                     let _ = tx.send(ExecEvent::Done(o)).await;
                 }
                 Err(e) => tracing::warn!(%e, "streamed exec failed"),
@@ -687,6 +687,7 @@ impl Compute {
             .ok_or_else(|| Error::internal("a process exec in a sandbox without a holder"))?;
         live.last_used.store(self.now(), Ordering::Relaxed);
         let n = live.execs.fetch_add(1, Ordering::Relaxed);
+        let init = launch::start(&self.config().init_program)?;
         let group = self
             .make_group(format!("{}/x{n}", live.name), GroupLimits::default())
             .await?;
@@ -706,14 +707,7 @@ impl Compute {
         };
         let sandbox_ooms = || live.group.as_ref().map_or(0, |g| g.oom_kills());
         let oom_before = sandbox_ooms();
-        let finished = launch::run(
-            &self.config().init_program,
-            &spec,
-            sink,
-            Duration::from_millis(timeout),
-            &group,
-        )
-        .await;
+        let finished = launch::run(init, &spec, sink, Duration::from_millis(timeout), &group).await;
         let measured = Measured {
             // v1 counts a kill in the victim's own group, not its ancestors.
             oom: group.oom_kills() > 0 || sandbox_ooms() > oom_before,

@@ -253,15 +253,20 @@ impl Compute {
                 started: Some(started_tx),
                 signals: signals_rx,
             };
-            let finished = launch::run_controlled(
-                &this.config().init_program,
-                &spec,
-                Sink::Stream(usize::MAX, tx.clone()),
-                Duration::MAX,
-                &main,
-                Some(control),
-            )
-            .await;
+            let finished = match launch::start(&this.config().init_program) {
+                Ok(init) => {
+                    launch::run_controlled(
+                        init,
+                        &spec,
+                        Sink::Stream(usize::MAX, tx.clone()),
+                        Duration::MAX,
+                        &main,
+                        Some(control),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             let measured = Measured {
                 oom: main.oom_kills() > 0 || live.group.as_ref().is_some_and(|g| g.oom_kills() > 0),
                 cpu_ns: main.cpu_ns(),

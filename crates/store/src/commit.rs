@@ -92,6 +92,32 @@ where
     E: From<Error> + Send + 'static,
     F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
 {
+    enqueue(jobs, f).await?.await
+}
+
+/// A write in the writer's queue; resolves once its batch has committed.
+pub struct Queued<T, E>(oneshot::Receiver<Result<T, E>>);
+
+impl<T, E: From<Error>> std::future::Future for Queued<T, E> {
+    type Output = Result<T, E>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(E::from(Error::Closed))))
+    }
+}
+
+/// Puts a write in the writer's queue, returning once it is there.
+pub(crate) async fn enqueue<T, E, F>(jobs: &mpsc::Sender<Job>, f: F) -> Result<Queued<T, E>, E>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
+{
     let (tx, rx) = oneshot::channel::<Result<T, E>>();
     let run: Run = Box::new(move |conn: &mut AnyConnection| {
         Box::pin(async move {
@@ -112,7 +138,7 @@ where
         })
     });
     jobs.send(Job(run)).await.map_err(|_| E::from(Error::Closed))?;
-    rx.await.map_err(|_| E::from(Error::Closed))?
+    Ok(Queued(rx))
 }
 
 struct Writer {

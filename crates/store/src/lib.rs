@@ -21,7 +21,7 @@ pub mod testing;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use commit::{Tail, TailItem, WriteFuture};
+pub use commit::{Queued, Tail, TailItem, WriteFuture};
 pub use migrate::Migration;
 pub use params::Params;
 pub use sqlx;
@@ -205,6 +205,27 @@ impl Store {
         F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
     {
         commit::submit(&self.writes, move |c| {
+            Box::pin(async move { f(c).await.map(|out| (out, Vec::new())) })
+        })
+        .await
+    }
+
+    /// Like [`Store::write`], but returns as soon as the write is queued; the
+    /// [`Queued`] it gives resolves once the write's batch has committed.
+    ///
+    /// The writer takes writes in the order they were queued, so any write
+    /// queued after this one commits in the same batch or a later one. A caller
+    /// that acknowledges only after a later write of its own has committed thus
+    /// never acknowledges before this one is durable — which is how a sandbox
+    /// run's usage record rides on the kernel's outcome write instead of
+    /// costing a commit of its own before the reply.
+    pub async fn write_queued<T, E, F>(&self, f: F) -> Result<Queued<T, E>, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
+    {
+        commit::enqueue(&self.writes, move |c| {
             Box::pin(async move { f(c).await.map(|out| (out, Vec::new())) })
         })
         .await

@@ -108,6 +108,47 @@ async fn a_write_is_visible_to_readers_once_acknowledged(b: Backend) {
     }
 }
 
+async fn a_queued_write_commits_no_later_than_a_write_queued_after_it(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(b, dir.path()).await;
+    for round in 0..20i64 {
+        // Queue a few writes without waiting for them, then one that is waited
+        // for: once it is acknowledged, every earlier one must be readable.
+        let mut queued = Vec::new();
+        for i in 0..5i64 {
+            let k = format!("q{round}-{i}");
+            let q = store
+                .write_queued(move |c| {
+                    Box::pin(async move {
+                        sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, $2)")
+                            .bind(&k)
+                            .bind(i)
+                            .execute(&mut *c)
+                            .await?;
+                        Ok::<_, strata_store::Error>(())
+                    })
+                })
+                .await
+                .unwrap();
+            queued.push(q);
+        }
+        insert(&store, format!("after-{round}"), round).await.unwrap();
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM scratch WHERE k LIKE $1")
+            .bind(format!("q{round}-%"))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            n, 5,
+            "round {round}: a write queued earlier was not committed yet"
+        );
+        for q in queued {
+            q.await.unwrap();
+        }
+    }
+}
+
 async fn reopening_applies_nothing_twice_and_an_edited_migration_is_refused(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (store, url) = open(b, dir.path()).await;
@@ -190,6 +231,7 @@ async fn the_kernel_store_opens_on_this_backend(b: Backend) {
 crate::on_both_backends!(
     a_failing_write_rolls_back_alone_while_its_batch_commits,
     a_write_is_visible_to_readers_once_acknowledged,
+    a_queued_write_commits_no_later_than_a_write_queued_after_it,
     reopening_applies_nothing_twice_and_an_edited_migration_is_refused,
     a_failed_migration_leaves_no_partial_schema,
     a_panicking_write_is_rolled_back_and_the_writer_keeps_going,
