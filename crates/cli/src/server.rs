@@ -262,15 +262,18 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     ))
 }
 
-/// Sandboxes live under `<data>/compute`, built by this very binary (its
-/// `main` starts with `maybe_run_init`), in cgroups named after the data
-/// folder so that two servers on one host never remove each other's.
+/// Sandboxes live under `<data>/compute`, built by the small init beside
+/// this binary or else by this very binary (its `main` starts with
+/// `maybe_run_init`), in cgroups named after the data folder so that two
+/// servers on one host never remove each other's.
 fn compute_config(args: &ServeArgs) -> anyhow::Result<Option<strata_compute::Config>> {
     use std::hash::{Hash, Hasher};
     if args.no_sandboxes {
         return Ok(None);
     }
-    let init = std::env::current_exe().context("cannot find the strata binary (the sandbox init)")?;
+    let exe = std::env::current_exe().context("cannot find the strata binary (the sandbox init)")?;
+    let init = strata_compute::init_beside(&exe);
+    tracing::info!(init = %init.display(), "sandbox init");
     let dir = std::fs::canonicalize(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
     let mut config = strata_compute::Config::new(dir.join("compute"), init);
     let mut h = std::collections::hash_map::DefaultHasher::new();

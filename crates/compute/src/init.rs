@@ -66,6 +66,23 @@ pub const INIT_ARG: &str = "--strata-sandbox-init";
 /// The uid and gid a command runs as inside its sandbox.
 pub const SANDBOX_UID: u32 = 1000;
 
+/// The file name of the crate's small init binary.
+pub const INIT_BINARY: &str = "strata-sandbox-init";
+
+/// The init for a binary at `exe` that calls [`maybe_run_init`] first: the
+/// small [`INIT_BINARY`] when it sits beside `exe` (a workspace build puts
+/// both in `target/<profile>/`), else `exe` itself. Starting a large binary
+/// costs more than the rest of a sandbox's start-up put together (its
+/// dynamic relocations: about 1.8 ms for the server binary here, against
+/// 0.8 ms for the small init and 0.6 ms for `true`), and every cold run and
+/// exec starts one.
+pub fn init_beside(exe: &Path) -> PathBuf {
+    exe.parent()
+        .map(|d| d.join(INIT_BINARY))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| exe.to_path_buf())
+}
+
 /// Runs the sandbox init and exits if this process was started as one;
 /// returns otherwise. Call it first thing in `main` of any binary used as
 /// [`crate::Config::init_program`] — before any thread starts (so before an

@@ -100,14 +100,8 @@ pub(crate) async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         &[strata_compute::MIGRATIONS],
     )
     .await?;
-    // The small init when it sits beside this binary (target/<profile>/), else
-    // this binary itself: it calls `maybe_run_init` first.
-    let me = std::env::current_exe()?;
-    let init = me
-        .parent()
-        .map(|d| d.join("strata-sandbox-init"))
-        .filter(|p| p.exists())
-        .unwrap_or(me);
+    // The init the server would use.
+    let init = strata_compute::init_beside(&std::env::current_exe()?);
     let mut cfg = Config::new(dir.path().join("data"), &init);
     cfg.cgroup_name = format!("strata-bench-{}", std::process::id());
     let compute = Compute::open(store, cfg.clone(), Arc::new(strata_core::SystemClock))
