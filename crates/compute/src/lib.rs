@@ -178,8 +178,27 @@ struct Inner {
 /// Clean-ups still running.
 #[derive(Default)]
 pub(crate) struct Pending {
-    pub(crate) count: std::sync::atomic::AtomicUsize,
-    pub(crate) idle: tokio::sync::Notify,
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One clean-up [`Compute::settle`] waits for, until this is dropped.
+pub(crate) struct Held(Arc<Pending>);
+
+impl Pending {
+    /// Counts a clean-up from now until the returned guard is dropped.
+    pub(crate) fn hold(self: &Arc<Self>) -> Held {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Held(self.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Compute {
@@ -274,9 +293,12 @@ impl Compute {
         let stored = self.queue_usage("run", &out).await;
         // Tear down once the record has committed: before that, tear-down
         // competes for the CPU with the commit the caller's outcome waits for.
+        // `settle` counts it from now.
+        let held = self.inner.pending.hold();
         tokio::spawn(async move {
             stored.await;
             drop(after);
+            drop(held);
         });
         Ok(out)
     }
@@ -358,16 +380,13 @@ impl Compute {
     /// teardown of the namespaces is not on the caller's clock.
     /// [`Compute::settle`] waits for every clean-up started so far.
     pub(crate) fn clean_up(&self, child: Option<tokio::process::Child>, group: cgroup::Group) {
-        let pending = self.inner.pending.clone();
-        pending.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let held = self.inner.pending.hold();
         tokio::spawn(async move {
             if let Some(mut c) = child {
                 let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
             }
             let _ = tokio::task::spawn_blocking(move || group.remove()).await;
-            if pending.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-                pending.idle.notify_waiters();
-            }
+            drop(held);
         });
     }
 

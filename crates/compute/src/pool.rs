@@ -222,13 +222,10 @@ impl Compute {
     /// Ends a used pooled sandbox after the reply.
     pub(crate) fn retire(&self, live: Live) {
         let this = self.clone();
-        let pending = self.inner.pending.clone();
-        pending.count.fetch_add(1, Ordering::SeqCst);
+        let held = self.inner.pending.hold();
         tokio::spawn(async move {
             this.end_live(live, false).await;
-            if pending.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-                pending.idle.notify_waiters();
-            }
+            drop(held);
         });
     }
 }

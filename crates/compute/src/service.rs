@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -273,8 +273,7 @@ impl Compute {
                 peak_memory: main.peak_memory(),
             };
             // Torn down before `Done`: whoever waits for it finds nothing left.
-            let pending = this.inner.pending.clone();
-            pending.count.fetch_add(1, Ordering::SeqCst);
+            let held = this.inner.pending.hold();
             let child = match finished {
                 Ok((f, c)) => {
                     let out = outcome_of(f, measured, &caller, Some(service_id.clone()));
@@ -288,9 +287,7 @@ impl Compute {
             }
             let _ = tokio::task::spawn_blocking(move || main.remove()).await;
             this.end_live(live, false).await;
-            if pending.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-                pending.idle.notify_waiters();
-            }
+            drop(held);
             match out {
                 Ok(o) => {
                     this.store_usage("service", &o).await;

@@ -97,3 +97,17 @@ async fn two_hundred_runs_leave_no_mount_cgroup_folder_or_process() {
     assert_eq!(host_processes_of_uid(e.user_uid), 0);
     assert_eq!(host_processes_of_uid(e.user_uid + 1), 0);
 }
+
+#[tokio::test]
+async fn settle_waits_for_the_tear_down_of_every_run_that_has_returned() {
+    // A run's tear-down starts only once its usage has committed, after the
+    // reply; `settle` must count it from the reply on, or a caller that
+    // settles and then counts would see the run's cgroups still there.
+    let e = env().await;
+    let caller = Caller::default();
+    for i in 0..20 {
+        e.compute.run(cmd(&["true"]), &caller).await.unwrap();
+        e.compute.settle().await;
+        assert_eq!(e.compute.cgroup_count(), 0, "run {i}");
+    }
+}
