@@ -179,3 +179,63 @@ fn persistent_sandbox_commands_round_trip_with_streamed_exec() {
     assert!(!cli(&["sandbox", "ls"]).success().stdout.contains("sbx_"));
     server.stop();
 }
+
+/// The host pid of a process whose command line is exactly `argv`, if any.
+fn pid_running(argv: &[&str]) -> Option<u32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Starts a server (`extra` serve flags), runs `sleep MARKER` in an ephemeral
+/// sandbox through the CLI, kills the server with SIGKILL while it runs, and
+/// checks the sandboxed process dies too.
+fn a_run_dies_with_its_killed_server(extra: &[&str], marker: &str) {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let mut cmd = strata();
+    cmd.arg("serve").args(extra);
+    let mut server =
+        Server::try_start_with(&tmp.path().join("data"), cmd).unwrap_or_else(|r| panic!("{}", r.stderr));
+    let mut client = strata();
+    client
+        .args(["sandbox", "run", "--timeout", "600s", "--", "sleep", marker])
+        .env("STRATA_URL", &server.url)
+        .env("STRATA_TOKEN", &server.admin_token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut client = client.spawn().expect("start the client");
+    let argv = ["sleep", marker];
+    wait_until("the sandboxed sleep to start", || pid_running(&argv).is_some());
+    let pid = pid_running(&argv).expect("the sandboxed sleep");
+    server.kill(); // SIGKILL: the server tears nothing down itself
+    wait_until(
+        &format!("the sandboxed sleep {pid} to die with its server"),
+        || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+#[test]
+fn a_cold_run_dies_with_its_killed_server() {
+    a_run_dies_with_its_killed_server(&[], "2998");
+}
+
+#[test]
+fn a_pooled_run_dies_with_its_killed_server() {
+    a_run_dies_with_its_killed_server(&["--sandbox-pool", "1"], "2997");
+}

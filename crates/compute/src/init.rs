@@ -69,18 +69,40 @@ pub const SANDBOX_UID: u32 = 1000;
 /// The file name of the crate's small init binary.
 pub const INIT_BINARY: &str = "strata-sandbox-init";
 
+/// The argument that makes an init print its build identity and exit.
+const BUILD_ARG: &str = "--strata-sandbox-init-build";
+
+/// This build of the crate: a hash of its sources (see `build.rs`).
+const BUILD: &str = env!("STRATA_INIT_BUILD");
+
 /// The init for a binary at `exe` that calls [`maybe_run_init`] first: the
 /// small [`INIT_BINARY`] when it sits beside `exe` (a workspace build puts
-/// both in `target/<profile>/`), else `exe` itself. Starting a large binary
-/// costs more than the rest of a sandbox's start-up put together (its
-/// dynamic relocations: about 1.8 ms for the server binary here, against
-/// 0.8 ms for the small init and 0.6 ms for `true`), and every cold run and
-/// exec starts one.
+/// both in `target/<profile>/`) and was built from the same sources, else
+/// `exe` itself, with a warning saying why. Starting a large binary costs
+/// more than the rest of a sandbox's start-up put together (its dynamic
+/// relocations: about 1.8 ms for the server binary here, against 0.8 ms for
+/// the small init and 0.6 ms for `true`), and every cold run and exec starts
+/// one. Runs the small init once to ask its build.
 pub fn init_beside(exe: &Path) -> PathBuf {
-    exe.parent()
-        .map(|d| d.join(INIT_BINARY))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| exe.to_path_buf())
+    let Some(small) = exe.parent().map(|d| d.join(INIT_BINARY)).filter(|p| p.is_file()) else {
+        return exe.to_path_buf();
+    };
+    let theirs = std::process::Command::new(&small)
+        .arg(BUILD_ARG)
+        .env_clear()
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if theirs.as_deref() == Some(BUILD) {
+        return small;
+    }
+    tracing::warn!(
+        init = %small.display(),
+        "the sandbox init beside this binary comes from another build; using this binary instead \
+         (rebuild both, e.g. with `cargo build --release` for the whole workspace)"
+    );
+    exe.to_path_buf()
 }
 
 /// Runs the sandbox init and exits if this process was started as one;
@@ -89,6 +111,10 @@ pub fn init_beside(exe: &Path) -> PathBuf {
 /// async runtime is built): the init forks and joins user namespaces, which
 /// is only sound, and only allowed, in a single-threaded process.
 pub fn maybe_run_init() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == BUILD_ARG) {
+        println!("{BUILD}");
+        std::process::exit(0);
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == INIT_ARG) {
         if threads() != Some(1) {
             eprintln!(
@@ -259,9 +285,55 @@ fn host_side(spec: &Spec, build: &Build, control: &UnixStream) -> i32 {
                 return 1;
             }
             let _ = fs::File::from(go_w).write_all(b"g");
+            if matches!(spec.mode, Mode::Run) {
+                wait_for_server_to_close(control);
+                kill_groups(&spec.cgroup_join);
+            }
             let _ = waitpid(child, None);
             0
         }
+    }
+}
+
+/// Blocks until the server's end of the control socket closes: it closes it
+/// once it has a run's outcome, or it died. Nothing else is written there
+/// after the spec.
+fn wait_for_server_to_close(control: &UnixStream) {
+    let mut buf = [0u8; 64];
+    loop {
+        match (&*control).read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A cold run's H, once its server is done with it: kills whatever is left in
+/// the run's cgroups (itself aside), so that a run never outlives a server
+/// killed without the chance to tear it down. After a normal run nothing is
+/// left but C on its way out.
+fn kill_groups(join_files: &[PathBuf]) {
+    let me = std::process::id();
+    for _ in 0..100 {
+        let mut left = false;
+        for dir in join_files.iter().filter_map(|f| f.parent()) {
+            let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                if pid != me {
+                    left = true;
+                    let _ =
+                        nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        if !left {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -410,7 +482,19 @@ fn serve(filters: &[crate::wire::Filter], control: &UnixStream) -> i32 {
         Ok(ForkResult::Child) => exec_command(&exec, true, control),
         Ok(ForkResult::Parent { child }) => {
             release_output();
-            report(control, &wait_report(child));
+            // A thread reports how the command ended (nothing forks from here
+            // on, so a second thread is sound), while this one waits for the
+            // server's end of the socket to close: after it has that report,
+            // or because it died. Returning ends pid 1, and with it every
+            // process of the sandbox.
+            let reporter = control
+                .try_clone()
+                .map(|c| std::thread::spawn(move || report(&c, &wait_report(child))));
+            if reporter.is_err() {
+                report(control, &wait_report(child));
+                return 0;
+            }
+            wait_for_server_to_close(control);
             0
         }
     }
@@ -808,4 +892,25 @@ fn resolve_program(program: &str, env: &[String]) -> Result<String, String> {
         }
     }
     Err(format!("{program}: command not found in PATH ({path})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_init_beside_is_used_only_when_it_comes_from_the_same_build() {
+        let dir = std::env::temp_dir().join(format!("strata-init-beside-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let exe = dir.join("strata");
+        assert_eq!(init_beside(&exe), exe, "no small init: the binary itself");
+        let small = dir.join(INIT_BINARY);
+        for (prints, want) in [(BUILD, &small), ("0123456789abcdef", &exe)] {
+            fs::write(&small, format!("#!/bin/sh\necho {prints}\n")).expect("write a fake init");
+            fs::set_permissions(&small, fs::Permissions::from_mode(0o755)).expect("chmod");
+            assert_eq!(&init_beside(&exe), want, "an init printing {prints}");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

@@ -6,7 +6,8 @@
 //! 2. **sustained** — submitters and agents run together for `--duration`:
 //!    completed tasks/s.
 //! 3. **latency** — tasks are offered at `--rate`/s for `--duration` while agents
-//!    long-poll; p50/p99 of submit (request sent) → lease (reply received).
+//!    long-poll; p50/p90/p99/p99.9/max of submit (request sent) → lease (reply
+//!    received).
 //!
 //! Every transition is a durable syscall over HTTP with its own audit entry.
 //! With `--batch N` (default 32) submitters send N tasks per `task.submit_many`,
@@ -402,7 +403,10 @@ pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         "offered_rate": args.rate,
         "latency_samples": lat.len(),
         "p50_submit_to_lease_ms": quantile_ms(&lat, 0.5),
+        "p90_submit_to_lease_ms": quantile_ms(&lat, 0.9),
         "p99_submit_to_lease_ms": quantile_ms(&lat, 0.99),
+        "p999_submit_to_lease_ms": quantile_ms(&lat, 0.999),
+        "max_submit_to_lease_ms": quantile_ms(&lat, 1.0),
     });
     if args.target.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -416,7 +420,13 @@ pub(crate) async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
                 "sustained submit→lease→complete, tasks/s",
             ),
             ("p50_submit_to_lease_ms", "p50 submit→lease at offered rate, ms"),
+            ("p90_submit_to_lease_ms", "p90 submit→lease at offered rate, ms"),
             ("p99_submit_to_lease_ms", "p99 submit→lease at offered rate, ms"),
+            (
+                "p999_submit_to_lease_ms",
+                "p99.9 submit→lease at offered rate, ms",
+            ),
+            ("max_submit_to_lease_ms", "max submit→lease at offered rate, ms"),
         ] {
             println!("{label:<44} {:>12}", result[k]);
         }
