@@ -18,5 +18,5 @@ if ! command -v bwrap >/dev/null; then
   exit 1
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-nice -n 19 cargo build --release -q -p strata-cli -p strata-compute --bins
+nice -n 19 cargo build --release -q -p strata-cli --bins
 "$CARGO_TARGET_DIR/release/strata" bench sandbox --runs "$runs" --compare

@@ -12,7 +12,8 @@
 //! is single-threaded and where `fork` is therefore ordinary. (Forking from a
 //! `spawn_blocking` thread and exec'ing at once was the other option; it
 //! would still have to do the namespace work between fork and exec.)
-//! The init is either the crate's `strata-sandbox-init` binary or any binary
+//! The init is either the small `strata-sandbox-init` binary (the cli
+//! package builds it beside `strata`) or any binary
 //! that calls [`maybe_run_init`] first thing in `main`, before any thread
 //! starts (re-exec of self, as the `strata` binary can do).
 //!

@@ -80,7 +80,7 @@ use crate::wire::{Build, Mode, Rlimits, SeedFile, Spec, WorkspaceMount};
 pub struct Config {
     /// Where workspaces, snapshots and the empty root mount point live.
     pub data_dir: PathBuf,
-    /// The program that builds sandboxes: the `strata-sandbox-init` binary,
+    /// The program that builds sandboxes: the small `strata-sandbox-init` binary,
     /// or any binary that calls [`maybe_run_init`] first in `main`.
     pub init_program: PathBuf,
     /// Where cgroup hierarchies are mounted.

@@ -354,8 +354,8 @@ impl App {
     }
 }
 
-/// The sandbox init program: the compute crate's `strata-sandbox-init`, built
-/// once beside this test binary if it is not there yet.
+/// The sandbox init program: the cli's `strata-sandbox-init`, built once
+/// beside this test binary if it is not there yet.
 fn sandbox_init() -> std::path::PathBuf {
     static INIT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     INIT.get_or_init(|| {
@@ -369,7 +369,7 @@ fn sandbox_init() -> std::path::PathBuf {
         if !init.exists() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = std::process::Command::new(cargo);
-            cmd.args(["build", "-p", "strata-compute", "--bin", "strata-sandbox-init"]);
+            cmd.args(["build", "-p", "strata-cli", "--bin", "strata-sandbox-init"]);
             if profile_dir.file_name().is_some_and(|p| p == "release") {
                 cmd.arg("--release");
             }

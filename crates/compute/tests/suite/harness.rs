@@ -20,7 +20,7 @@ pub(crate) struct Env {
 static NEXT_UID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub(crate) fn config(dir: &std::path::Path, cgroup_name: &str, user_uid: u32) -> Config {
-    let mut c = Config::new(dir.join("data"), env!("CARGO_BIN_EXE_strata-sandbox-init"));
+    let mut c = Config::new(dir.join("data"), env!("CARGO_BIN_EXE_strata-compute-init"));
     c.cgroup_name = cgroup_name.to_string();
     c.host_root_uid = user_uid + 1;
     c.host_user_uid = user_uid;
