@@ -204,10 +204,7 @@ impl Store {
         E: From<Error> + Send + 'static,
         F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
     {
-        commit::submit(&self.writes, move |c| {
-            Box::pin(async move { f(c).await.map(|out| (out, Vec::new())) })
-        })
-        .await
+        self.write_queued(f).await?.await
     }
 
     /// Like [`Store::write`], but returns as soon as the write is queued; the
