@@ -271,16 +271,7 @@ impl Group {
         }
         // v1 has no cgroup.kill: signal each listed process (a fork racing
         // this is caught by the next pass in `remove`).
-        for (_, d) in &self.dirs {
-            if let Ok(s) = fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in s.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
+        kill_listed(self.dirs.iter().map(|(_, d)| d.as_path()), None);
     }
 
     fn is_empty(&self) -> bool {
@@ -312,6 +303,27 @@ impl Group {
         }
         tracing::warn!(dirs = ?self.dirs, "cgroup could not be removed");
     }
+}
+
+/// Sends SIGKILL to every process listed in the `cgroup.procs` of `dirs`,
+/// except `spare`; returns whether any other was listed.
+pub(crate) fn kill_listed<'a>(dirs: impl IntoIterator<Item = &'a Path>, spare: Option<u32>) -> bool {
+    let mut listed = false;
+    for d in dirs {
+        let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) else {
+            continue;
+        };
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            if Some(pid) != spare {
+                listed = true;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    listed
 }
 
 /// What the process `pid` writes to `file` (one of [`Group::join_files`]) to join it.

@@ -101,7 +101,7 @@ pub fn init_beside(exe: &Path) -> PathBuf {
     tracing::warn!(
         init = %small.display(),
         "the sandbox init beside this binary comes from another build; using this binary instead \
-         (rebuild both, e.g. with `cargo build --release` for the whole workspace)"
+         (`cargo build --release` rebuilds both)"
     );
     exe.to_path_buf()
 }
@@ -316,22 +316,9 @@ fn wait_for_server_to_close(control: &UnixStream) {
 /// killed without the chance to tear it down. After a normal run nothing is
 /// left but C on its way out.
 fn kill_groups(join_files: &[PathBuf]) {
-    let me = std::process::id();
+    let me = Some(std::process::id());
     for _ in 0..100 {
-        let mut left = false;
-        for dir in join_files.iter().filter_map(|f| f.parent()) {
-            let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else {
-                continue;
-            };
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                if pid != me {
-                    left = true;
-                    let _ =
-                        nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-                }
-            }
-        }
-        if !left {
+        if !crate::cgroup::kill_listed(join_files.iter().filter_map(|f| f.parent()), me) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
