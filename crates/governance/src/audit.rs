@@ -10,7 +10,8 @@
 //! serialises them; sequence numbers are dense from 1.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+use strata_store::Conn;
 use strata_store::{Params, Store};
 
 /// The `prev_hash` of the first entry.
@@ -109,13 +110,13 @@ fn chain_hash(prev: &str, seq: i64, d: &AuditDraft) -> String {
 }
 
 /// Appends `d` to the chain inside the writer's transaction; returns its sequence number.
-pub async fn append(conn: &mut AnyConnection, d: &AuditDraft) -> strata_store::Result<i64> {
+pub async fn append(conn: &mut Conn, d: &AuditDraft) -> strata_store::Result<i64> {
     append_many(conn, std::slice::from_ref(d)).await
 }
 
 /// Appends `drafts`, in order, inside the writer's transaction: one read of the
 /// head, one insert per 32 entries, one head update. Returns the last sequence number.
-pub async fn append_many(conn: &mut AnyConnection, drafts: &[AuditDraft]) -> strata_store::Result<i64> {
+pub async fn append_many(conn: &mut Conn, drafts: &[AuditDraft]) -> strata_store::Result<i64> {
     const COLUMNS: usize = 11;
     const CHUNK: usize = 64;
     let head = sqlx::query("SELECT seq, hash FROM gov_audit_head WHERE id = 1")

@@ -12,7 +12,8 @@
 //! fails or is interrupted by a crash). A second call with the key meanwhile is
 //! refused as in flight rather than running the effect twice.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+use strata_store::Conn;
 use strata_store::Store;
 
 /// The longest key accepted.
@@ -59,7 +60,7 @@ pub async fn lookup(store: &Store, scope: &str, key: &str) -> strata_store::Resu
 /// Records the response for `key` inside the effect's transaction. Fails with a
 /// unique violation when the key was taken meanwhile.
 pub async fn record(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     scope: &str,
     key: &str,
     rec: &Record,
@@ -95,7 +96,7 @@ pub fn in_flight(rec: &Record) -> bool {
 /// turned away instead of running the effect a second time. Fails with a
 /// unique violation when the key is taken.
 pub async fn claim(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     scope: &str,
     key: &str,
     syscall: &str,
@@ -117,7 +118,7 @@ pub async fn claim(
 /// server dead), records afresh, failing with a unique violation when another
 /// call took the key meanwhile.
 pub async fn complete(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     scope: &str,
     key: &str,
     rec: &Record,
@@ -143,7 +144,7 @@ pub async fn complete(
 }
 
 /// Drops the claim on `key` (the effect failed, so a retry may run it again).
-pub async fn release(conn: &mut AnyConnection, scope: &str, key: &str) -> strata_store::Result<()> {
+pub async fn release(conn: &mut Conn, scope: &str, key: &str) -> strata_store::Result<()> {
     sqlx::query("DELETE FROM gov_idempotency WHERE scope = $1 AND key = $2 AND status = $3")
         .bind(scope)
         .bind(key)
@@ -155,7 +156,7 @@ pub async fn release(conn: &mut AnyConnection, scope: &str, key: &str) -> strata
 
 /// Drops the claim made with intent `intent_id`, if any (the intent was
 /// interrupted: no answer will come, and a retry runs the call again).
-pub async fn release_intent(conn: &mut AnyConnection, intent_id: &str) -> strata_store::Result<()> {
+pub async fn release_intent(conn: &mut Conn, intent_id: &str) -> strata_store::Result<()> {
     sqlx::query("DELETE FROM gov_idempotency WHERE status = $1 AND response = $2")
         .bind(IN_FLIGHT)
         .bind(intent_id)

@@ -13,7 +13,8 @@
 //! interrupted too; their real outcome, when it comes, overwrites that one.
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+use strata_store::Conn;
 use strata_store::Store;
 
 /// An intent whose outcome was never recorded.
@@ -48,7 +49,7 @@ pub struct Begin<'a> {
 }
 
 /// Records that an effect is about to happen.
-pub async fn begin(conn: &mut AnyConnection, b: Begin<'_>, now: i64) -> strata_store::Result<()> {
+pub async fn begin(conn: &mut Conn, b: Begin<'_>, now: i64) -> strata_store::Result<()> {
     sqlx::query(
         "INSERT INTO gov_intents (id, principal, syscall, request_digest, state, created_at, instance) VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
     )
@@ -64,7 +65,7 @@ pub async fn begin(conn: &mut AnyConnection, b: Begin<'_>, now: i64) -> strata_s
 }
 
 /// Records the outcome (`ok` or a problem code) of intent `id`.
-pub async fn finish(conn: &mut AnyConnection, id: &str, outcome: &str, now: i64) -> strata_store::Result<()> {
+pub async fn finish(conn: &mut Conn, id: &str, outcome: &str, now: i64) -> strata_store::Result<()> {
     sqlx::query("UPDATE gov_intents SET state = 'done', outcome = $2, finished_at = $3 WHERE id = $1")
         .bind(id)
         .bind(outcome)
@@ -76,12 +77,7 @@ pub async fn finish(conn: &mut AnyConnection, id: &str, outcome: &str, now: i64)
 
 /// Marks server `instance` alive until `now + ttl_ms`, and forgets instances
 /// dead for an hour.
-pub async fn keep_alive(
-    conn: &mut AnyConnection,
-    instance: &str,
-    now: i64,
-    ttl_ms: i64,
-) -> strata_store::Result<()> {
+pub async fn keep_alive(conn: &mut Conn, instance: &str, now: i64, ttl_ms: i64) -> strata_store::Result<()> {
     sqlx::query(
         "INSERT INTO gov_instances (id, expires_at) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
     )
@@ -98,11 +94,7 @@ pub async fn keep_alive(
 
 /// Finishes, as [`INTERRUPTED`], up to `limit` pending intents whose instance
 /// is not alive at `now` (inside the writer); returns them, oldest first.
-pub async fn interrupt_orphans(
-    conn: &mut AnyConnection,
-    now: i64,
-    limit: i64,
-) -> strata_store::Result<Vec<Pending>> {
+pub async fn interrupt_orphans(conn: &mut Conn, now: i64, limit: i64) -> strata_store::Result<Vec<Pending>> {
     let rows = sqlx::query(
         "SELECT id, principal, syscall, created_at FROM gov_intents WHERE state = 'pending'
          AND NOT EXISTS (SELECT 1 FROM gov_instances i WHERE i.id = gov_intents.instance AND i.expires_at > $1)

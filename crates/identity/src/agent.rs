@@ -6,8 +6,9 @@ use base64::Engine;
 use ed25519_dalek::SigningKey;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
+use strata_store::Conn;
 
 use crate::token::{self, NewToken, PreparedToken, TokenCreated};
 use crate::{Identity, Page, db};
@@ -317,7 +318,7 @@ impl Identity {
 }
 
 /// Inserts a prepared agent and its first token (inside the writer).
-pub async fn insert(conn: &mut AnyConnection, p: PreparedAgent) -> Result<AgentCreated> {
+pub async fn insert(conn: &mut Conn, p: PreparedAgent) -> Result<AgentCreated> {
     let a = &p.agent;
     let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO id_agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -374,7 +375,7 @@ pub async fn insert(conn: &mut AnyConnection, p: PreparedAgent) -> Result<AgentC
 
 /// Marks agent `id` deleted and revokes its tokens (inside the writer). History is
 /// kept: the row stays, invisible to reads, and its name becomes free.
-pub async fn delete(conn: &mut AnyConnection, id: &str, now: i64) -> Result<()> {
+pub async fn delete(conn: &mut Conn, id: &str, now: i64) -> Result<()> {
     let done = sqlx::query("UPDATE id_agents SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
         .bind(id)
         .bind(now)
@@ -452,7 +453,7 @@ impl Identity {
 }
 
 /// The live agents declaring capability `name`, read on `conn` (inside the writer).
-pub async fn declarers(conn: &mut sqlx::AnyConnection, name: &str) -> Result<Vec<String>> {
+pub async fn declarers(conn: &mut strata_store::Conn, name: &str) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT agent_id FROM id_capabilities WHERE name = $1")
         .bind(name)
         .fetch_all(conn)
@@ -467,7 +468,7 @@ pub const GROUP_LABEL: &str = "strata.group";
 /// The group of agent `id` (its `strata.group` label), read on `conn` (inside the
 /// writer). Deleted agents keep theirs: a task that outlived its agent is still
 /// supervised as that agent's group's.
-pub async fn group_of(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Option<String>> {
+pub async fn group_of(conn: &mut strata_store::Conn, id: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT labels FROM id_agents WHERE id = $1")
         .bind(id)
         .fetch_optional(conn)
@@ -482,10 +483,7 @@ pub async fn group_of(conn: &mut sqlx::AnyConnection, id: &str) -> Result<Option
 
 /// The input schema of capability `name` as its newest live declarer declares it,
 /// read on `conn` (inside the writer); `None` when no live agent declares it.
-pub async fn input_schema_of(
-    conn: &mut sqlx::AnyConnection,
-    name: &str,
-) -> Result<Option<serde_json::Value>> {
+pub async fn input_schema_of(conn: &mut strata_store::Conn, name: &str) -> Result<Option<serde_json::Value>> {
     let row = sqlx::query(
         "SELECT input_schema FROM id_capabilities WHERE name = $1 ORDER BY agent_id DESC LIMIT 1",
     )

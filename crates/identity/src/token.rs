@@ -7,8 +7,9 @@
 use base64::Engine;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::{Error, ErrorCode, Id, Principal, Result, time::rfc3339};
+use strata_store::Conn;
 
 use crate::{Identity, db};
 
@@ -162,7 +163,7 @@ impl PreparedToken {
 /// Inserts a prepared token (inside the writer). An agent token is refused when
 /// its agent is not live at this point of the write order, so a token can never
 /// outlive a concurrent deletion of its agent.
-pub async fn insert(conn: &mut AnyConnection, t: PreparedToken) -> Result<TokenCreated> {
+pub async fn insert(conn: &mut Conn, t: PreparedToken) -> Result<TokenCreated> {
     if let Some(agent) = &t.agent_id {
         let live = sqlx::query("SELECT 1 FROM id_agents WHERE id = $1 AND deleted_at IS NULL")
             .bind(agent)
@@ -198,7 +199,7 @@ pub async fn insert(conn: &mut AnyConnection, t: PreparedToken) -> Result<TokenC
 }
 
 /// Revokes token `id` (inside the writer). Revoking twice is not an error.
-pub async fn revoke(conn: &mut AnyConnection, id: &str, now: i64) -> Result<()> {
+pub async fn revoke(conn: &mut Conn, id: &str, now: i64) -> Result<()> {
     let done = sqlx::query("UPDATE id_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
         .bind(id)
         .bind(now)

@@ -18,7 +18,7 @@ use strata_governance::{AuditDraft, audit};
 use strata_orchestrator::TaskState;
 use strata_orchestrator::supervise::Supervised;
 use strata_orchestrator::sweep::{Swept, sweep};
-use strata_store::{AnyConnection, event};
+use strata_store::{Conn, event};
 
 use crate::Kernel;
 
@@ -118,7 +118,7 @@ impl Kernel {
 /// Audits and publishes a transition Strata made on its own, as `system`
 /// (inside the writer).
 pub(crate) async fn record_system(
-    c: &mut AnyConnection,
+    c: &mut Conn,
     now: i64,
     syscall: &str,
     resource: &str,
@@ -142,12 +142,7 @@ pub(crate) async fn record_system(
 
 /// Audits what supervision did to a task that died: `task.reassigned`,
 /// `task.escalated_to_agent` or `task.escalated_to_human` (inside the writer).
-pub(crate) async fn record_supervision(
-    c: &mut AnyConnection,
-    now: i64,
-    task_id: &str,
-    s: &Supervised,
-) -> Result<()> {
+pub(crate) async fn record_supervision(c: &mut Conn, now: i64, task_id: &str, s: &Supervised) -> Result<()> {
     let data = serde_json::to_value(s).map_err(strata_core::Error::internal)?;
     record_system(c, now, &format!("task.{}", s.action), task_id, data).await
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use strata_core::{Error, ErrorCode, Id, Principal, Result};
 use strata_governance::{AuditDraft, audit, digest, idempotency, intent};
 use strata_store::event::{self, NewEvent};
-use strata_store::{AnyConnection, Tail, TailItem};
+use strata_store::{Conn, Tail, TailItem};
 
 use crate::Kernel;
 use crate::registry::{Action, Cx, Each, Entry, ExternalRun, WriteOp};
@@ -499,7 +499,7 @@ pub(crate) struct Logs;
 impl Tail for Logs {
     fn flush<'c>(
         &'c self,
-        conn: &'c mut AnyConnection,
+        conn: &'c mut Conn,
         items: Vec<TailItem>,
     ) -> BoxFuture<'c, Result<(), strata_store::Error>> {
         Box::pin(async move {

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use futures::future::BoxFuture;
 use strata_core::{Error, Principal, Result, Spec, Syscall};
-use strata_store::AnyConnection;
+use strata_store::Conn;
 
 use crate::Kernel;
 
@@ -19,7 +19,7 @@ pub struct Cx {
 }
 
 /// A store-only effect: SQL run inside the writer's transaction.
-pub type WriteOp<R> = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<R>> + Send>;
+pub type WriteOp<R> = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<R>> + Send>;
 
 /// What a handler decided to do.
 pub enum Action<R> {
@@ -78,7 +78,7 @@ impl<R> Action<R> {
     /// A write on `resource`.
     pub fn write<F>(resource: impl Into<String>, op: F) -> Action<R>
     where
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<R>> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<R>> + Send + 'static,
     {
         Action::Write {
             resource: resource.into(),

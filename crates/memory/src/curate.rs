@@ -322,7 +322,7 @@ fn new_version(
 }
 
 async fn add(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut strata_store::Conn,
     c: &Checked,
     now: i64,
     model: &Option<String>,

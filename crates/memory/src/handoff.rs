@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
 
-use sqlx::AnyConnection;
+use strata_store::Conn;
 
 use crate::Memory;
 use crate::index::Viewer;
@@ -289,7 +289,7 @@ impl Memory {
 /// the handoff's tasks in the same transaction: the decision, the memory grants
 /// and the task transfer commit together or not at all.
 pub async fn decide_in(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     by: &str,
     accept: bool,

@@ -12,8 +12,9 @@
 //! - `mem_grants`: memories an agent may read besides its own (from handoffs).
 //! - `mem_handoffs`: context handed from one agent to another.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::{Error, Result};
+use strata_store::Conn;
 use strata_store::{Migration, Params, Store};
 
 /// The memory layer's tables.
@@ -239,7 +240,7 @@ pub(crate) async fn versions_of(store: &Store, memory_id: &str) -> Result<Vec<Ve
 }
 
 /// Every version of a memory, oldest first, read inside a write.
-pub(crate) async fn versions_of_in(conn: &mut AnyConnection, memory_id: &str) -> Result<Vec<VersionRow>> {
+pub(crate) async fn versions_of_in(conn: &mut Conn, memory_id: &str) -> Result<Vec<VersionRow>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {VERSION_COLUMNS} FROM mem_versions WHERE memory_id = $1 ORDER BY version"
     )))
@@ -295,7 +296,7 @@ pub(crate) async fn grants_of(store: &Store, agent_id: &str) -> Result<Vec<Strin
     rows.iter().map(|r| r.try_get(0).map_err(db)).collect()
 }
 
-async fn next_seq(conn: &mut AnyConnection) -> Result<i64> {
+async fn next_seq(conn: &mut Conn) -> Result<i64> {
     // Safe without a sequence object: every write runs in the store's single writer.
     let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM mem_versions")
         .fetch_one(&mut *conn)
@@ -327,7 +328,7 @@ pub(crate) struct NewVersion {
     pub links: Vec<(String, String, String)>,
 }
 
-pub(crate) async fn insert_version(conn: &mut AnyConnection, v: &NewVersion) -> Result<()> {
+pub(crate) async fn insert_version(conn: &mut Conn, v: &NewVersion) -> Result<()> {
     let seq = next_seq(conn).await?;
     sqlx::query(
         "INSERT INTO mem_versions (version_id, memory_id, version, seq, event, memory, hash, scope, user_id, \
@@ -373,7 +374,7 @@ pub(crate) async fn insert_version(conn: &mut AnyConnection, v: &NewVersion) -> 
 
 /// Closes an open version; false when it was already closed (a concurrent change won).
 pub(crate) async fn close_version(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     version_id: &str,
     valid_to: i64,
     now: i64,
@@ -396,10 +397,7 @@ pub(crate) async fn close_version(
 }
 
 /// The open version of a memory, read inside a write.
-pub(crate) async fn open_version(
-    conn: &mut AnyConnection,
-    memory_id: &str,
-) -> Result<Option<(String, i64, i64)>> {
+pub(crate) async fn open_version(conn: &mut Conn, memory_id: &str) -> Result<Option<(String, i64, i64)>> {
     let row = sqlx::query(
         "SELECT version_id, version, valid_from FROM mem_versions WHERE memory_id = $1 AND valid_to IS NULL",
     )
@@ -418,7 +416,7 @@ pub(crate) async fn open_version(
 }
 
 /// The open memory holding exactly this content in this scope, read inside a write.
-pub(crate) async fn open_by_hash(conn: &mut AnyConnection, hash: &str) -> Result<Option<(String, String)>> {
+pub(crate) async fn open_by_hash(conn: &mut Conn, hash: &str) -> Result<Option<(String, String)>> {
     let row =
         sqlx::query("SELECT memory_id, version_id FROM mem_versions WHERE hash = $1 AND valid_to IS NULL")
             .bind(hash)
@@ -430,7 +428,7 @@ pub(crate) async fn open_by_hash(conn: &mut AnyConnection, hash: &str) -> Result
 }
 
 /// The earliest creation time of a memory, read inside a write.
-pub(crate) async fn created_at(conn: &mut AnyConnection, memory_id: &str) -> Result<Option<i64>> {
+pub(crate) async fn created_at(conn: &mut Conn, memory_id: &str) -> Result<Option<i64>> {
     let row = sqlx::query("SELECT MIN(created_at) FROM mem_versions WHERE memory_id = $1")
         .bind(memory_id)
         .fetch_one(&mut *conn)
@@ -441,7 +439,7 @@ pub(crate) async fn created_at(conn: &mut AnyConnection, memory_id: &str) -> Res
 
 /// Appends a source to a memory unless an equal one is already there; true if appended.
 pub(crate) async fn add_source(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     memory_id: &str,
     version_id: &str,
     event: &str,
@@ -485,7 +483,7 @@ pub(crate) async fn add_source(
 
 /// Grants `agent_id` read access to `memory_ids` (idempotent).
 pub(crate) async fn grant(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     memory_ids: &[String],
     agent_id: &str,
     handoff_id: &str,
@@ -553,7 +551,7 @@ fn handoff_row(r: &sqlx::any::AnyRow) -> Result<HandoffRow> {
 const HANDOFF_COLUMNS: &str = "id, from_agent, to_agent, summary, memory_ids, memory_query, task_ids, state, status, \
      reason, created_at, decided_at";
 
-pub(crate) async fn insert_handoff(conn: &mut AnyConnection, h: &HandoffRow) -> Result<()> {
+pub(crate) async fn insert_handoff(conn: &mut Conn, h: &HandoffRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO mem_handoffs (id, from_agent, to_agent, summary, memory_ids, memory_query, task_ids, state, \
          status, reason, created_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, NULL)",
@@ -585,7 +583,7 @@ pub(crate) async fn handoff(store: &Store, id: &str) -> Result<Option<HandoffRow
     row.as_ref().map(handoff_row).transpose()
 }
 
-pub(crate) async fn handoff_in(conn: &mut AnyConnection, id: &str) -> Result<Option<HandoffRow>> {
+pub(crate) async fn handoff_in(conn: &mut Conn, id: &str) -> Result<Option<HandoffRow>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {HANDOFF_COLUMNS} FROM mem_handoffs WHERE id = $1"
     )))
@@ -622,7 +620,7 @@ pub(crate) async fn list_handoffs(
 
 /// Moves a pending handoff to `status`; false if it was no longer pending.
 pub(crate) async fn decide_handoff(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     status: &str,
     reason: Option<&str>,

@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::{Error, Result, time::rfc3339};
 use strata_identity::Capability;
+use strata_store::Conn;
 
 use crate::{Orchestrator, db};
 
@@ -315,7 +316,7 @@ fn read(r: &sqlx::any::AnyRow) -> Result<Applied> {
 
 /// Stores a checked deployment; the generation moves only when the spec changed
 /// (inside the writer). Returns the stored generation.
-pub async fn apply(conn: &mut AnyConnection, d: &Deployment, now: i64) -> Result<i64> {
+pub async fn apply(conn: &mut Conn, d: &Deployment, now: i64) -> Result<i64> {
     let spec = serde_json::to_string(d).map_err(Error::internal)?;
     let row = sqlx::query(
         "INSERT INTO orc_fleet (name, spec, generation, created_at, updated_at) VALUES ($1, $2, 1, $3, $3)
@@ -335,7 +336,7 @@ pub async fn apply(conn: &mut AnyConnection, d: &Deployment, now: i64) -> Result
 }
 
 /// Removes a deployment; the reconciler then stops its replicas (inside the writer).
-pub async fn remove(conn: &mut AnyConnection, name: &str) -> Result<()> {
+pub async fn remove(conn: &mut Conn, name: &str) -> Result<()> {
     let done = sqlx::query("DELETE FROM orc_fleet WHERE name = $1")
         .bind(name)
         .execute(&mut *conn)

@@ -9,8 +9,9 @@
 //! A leader that cannot renew — its database is unreachable, or another server
 //! took over after it stalled — must stop acting as leader.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::Result;
+use strata_store::Conn;
 
 use crate::db;
 
@@ -26,13 +27,7 @@ pub struct Claim {
 /// Claims or renews the leadership of `role` for `holder` until `now + ttl_ms`
 /// (inside the writer). `holder` leads afterwards if it did already or the
 /// previous claim had expired; the answer says who leads.
-pub async fn claim(
-    conn: &mut AnyConnection,
-    role: &str,
-    holder: &str,
-    now: i64,
-    ttl_ms: i64,
-) -> Result<Claim> {
+pub async fn claim(conn: &mut Conn, role: &str, holder: &str, now: i64, ttl_ms: i64) -> Result<Claim> {
     sqlx::query(
         "INSERT INTO orc_leaders (role, holder, expires_at, since) VALUES ($1, $2, $3, $4)
          ON CONFLICT (role) DO UPDATE SET
@@ -60,7 +55,7 @@ pub async fn claim(
 
 /// Gives up `role` if `holder` leads it (inside the writer), so another server
 /// need not wait for the claim to expire (a clean shutdown).
-pub async fn release(conn: &mut AnyConnection, role: &str, holder: &str) -> Result<()> {
+pub async fn release(conn: &mut Conn, role: &str, holder: &str) -> Result<()> {
     sqlx::query("DELETE FROM orc_leaders WHERE role = $1 AND holder = $2")
         .bind(role)
         .bind(holder)

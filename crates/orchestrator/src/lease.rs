@@ -8,8 +8,9 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
+use strata_store::Conn;
 use strata_store::Params;
 
 use crate::supervise::{Supervised, after_death};
@@ -261,7 +262,7 @@ impl Orchestrator {
 
 /// Leases up to `max` ready tasks to `agent` (inside the writer).
 pub async fn lease(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     agent: &str,
     caps: &[String],
     max: i64,
@@ -351,7 +352,7 @@ pub async fn lease(
 }
 
 /// Checks that `agent` holds lease `lease_id` on task `id`; returns the attempt number.
-async fn holding(conn: &mut AnyConnection, id: &str, agent: &str, lease_id: &str) -> Result<i64> {
+async fn holding(conn: &mut Conn, id: &str, agent: &str, lease_id: &str) -> Result<i64> {
     let (state, held, holder, attempts) = current(conn, id).await?;
     held_by(id, agent, lease_id, state, held, holder)?;
     Ok(attempts)
@@ -385,7 +386,7 @@ fn held_by(
 
 /// Extends a held lease (inside the writer).
 pub async fn heartbeat(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     agent: &str,
     lease_id: &str,
@@ -409,7 +410,7 @@ pub async fn heartbeat(
 
 /// Completes a held task with its (already validated) result (inside the writer).
 pub async fn complete(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     agent: &str,
     lease_id: &str,
@@ -441,7 +442,7 @@ pub async fn complete(
 /// with their problem and change nothing; the rest succeed, in a fixed number of
 /// statements. Returns the outcomes and the ids completed.
 pub async fn complete_many(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     items: &[BatchCompletion],
     mut refused: Vec<Option<Error>>,
     agent: &str,
@@ -541,13 +542,7 @@ pub async fn complete_many(
 
 /// Records a failed attempt: requeue with backoff, dead-letter when attempts are
 /// exhausted, or fail at once when not retryable (inside the writer).
-pub async fn fail(
-    conn: &mut AnyConnection,
-    f: &Failure,
-    agent: &str,
-    now: i64,
-    random: u64,
-) -> Result<Outcome> {
+pub async fn fail(conn: &mut Conn, f: &Failure, agent: &str, now: i64, random: u64) -> Result<Outcome> {
     let attempt = holding(conn, &f.id, agent, &f.lease_id).await?;
     end_attempt(conn, &f.id, attempt, "failed", Some(&f.error), now).await?;
     requeue_or_end(conn, &f.id, agent, attempt, f.retryable, &f.error, now, random).await
@@ -557,7 +552,7 @@ pub async fn fail(
 /// `failed`, or to `dead` — and then whatever its supervision policy says.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn requeue_or_end(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     agent: &str,
     attempt: i64,

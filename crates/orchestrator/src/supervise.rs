@@ -26,8 +26,9 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
+use strata_store::Conn;
 
 use crate::task::{NewTask, PreparedTask, TaskState, history, insert, validate};
 use crate::{Orchestrator, db, retry::Backoff};
@@ -276,7 +277,7 @@ fn parse_policy(s: String) -> Result<SetPolicy> {
 
 /// Stores a checked policy, replacing any for the same capability and group
 /// (inside the writer).
-pub async fn set_policy(conn: &mut AnyConnection, p: &SetPolicy, now: i64) -> Result<()> {
+pub async fn set_policy(conn: &mut Conn, p: &SetPolicy, now: i64) -> Result<()> {
     let json = serde_json::to_string(p).map_err(Error::internal)?;
     sqlx::query(
         "INSERT INTO orc_supervision (capability, grp, policy, updated_at) VALUES ($1, $2, $3, $4)
@@ -294,7 +295,7 @@ pub async fn set_policy(conn: &mut AnyConnection, p: &SetPolicy, now: i64) -> Re
 
 /// Removes the policy of `capability` for `group` (all agents when `None`),
 /// inside the writer.
-pub async fn delete_policy(conn: &mut AnyConnection, capability: &str, group: Option<&str>) -> Result<()> {
+pub async fn delete_policy(conn: &mut Conn, capability: &str, group: Option<&str>) -> Result<()> {
     let done = sqlx::query("DELETE FROM orc_supervision WHERE capability = $1 AND grp = $2")
         .bind(capability)
         .bind(group.unwrap_or(""))
@@ -313,7 +314,7 @@ pub async fn delete_policy(conn: &mut AnyConnection, capability: &str, group: Op
 /// Applies the supervision policy to task `id`, which just became `dead`
 /// (inside the writer). Returns its new state and what was done, if anything.
 pub(crate) async fn after_death(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     last_agent: &str,
     now: i64,
@@ -475,7 +476,7 @@ pub(crate) async fn after_death(
 
 /// Settles an open escalation (inside the writer); `result` has been checked
 /// against the task's output schema. Returns the escalation as resolved.
-pub async fn resolve(conn: &mut AnyConnection, r: &Resolve, by: &str, now: i64) -> Result<Escalation> {
+pub async fn resolve(conn: &mut Conn, r: &Resolve, by: &str, now: i64) -> Result<Escalation> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ESC_COLUMNS} FROM orc_escalations WHERE id = $1"
     )))

@@ -6,8 +6,9 @@
 //! with `deadline_exceeded`. The kernel runs [`sweep`] periodically inside the
 //! writer and audits each transition as the `system` principal.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::Result;
+use strata_store::Conn;
 
 use crate::db;
 use crate::lease::requeue_or_end;
@@ -28,7 +29,7 @@ pub struct Swept {
 }
 
 /// Handles up to `limit` expired leases and missed deadlines (inside the writer).
-pub async fn sweep(conn: &mut AnyConnection, now: i64, limit: i64) -> Result<Vec<Swept>> {
+pub async fn sweep(conn: &mut Conn, now: i64, limit: i64) -> Result<Vec<Swept>> {
     let mut out = Vec::new();
     let overdue = sqlx::query(
         "SELECT id, state, attempts FROM orc_tasks WHERE state IN ('queued', 'leased') AND deadline IS NOT NULL AND deadline <= $1 LIMIT $2",

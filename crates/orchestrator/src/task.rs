@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::{Error, ErrorCode, Id, Result, time::rfc3339};
+use strata_store::Conn;
 use strata_store::Params;
 
 use strata_identity::agent::Declared;
@@ -515,13 +516,13 @@ pub(crate) fn read(r: &sqlx::any::AnyRow) -> Result<Task> {
 }
 
 /// Inserts a prepared task (inside the writer).
-pub async fn insert(conn: &mut AnyConnection, t: &PreparedTask) -> Result<Submitted> {
+pub async fn insert(conn: &mut Conn, t: &PreparedTask) -> Result<Submitted> {
     let mut out = insert_many(conn, std::slice::from_ref(t)).await?;
     out.pop().ok_or_else(|| Error::internal("no task inserted"))
 }
 
 /// Queues prepared tasks (inside the writer), in one statement per 25.
-pub async fn insert_many(conn: &mut AnyConnection, tasks: &[PreparedTask]) -> Result<Vec<Submitted>> {
+pub async fn insert_many(conn: &mut Conn, tasks: &[PreparedTask]) -> Result<Vec<Submitted>> {
     const COLUMNS: usize = 16;
     for chunk in tasks.chunks(50) {
         let mut p = Params::on(conn);
@@ -601,7 +602,7 @@ impl Orchestrator {
 
 /// The state of task `id` inside the writer, with its lease holder.
 pub(crate) async fn current(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
 ) -> Result<(TaskState, Option<String>, Option<String>, i64)> {
     let r = sqlx::query("SELECT state, lease_id, lease_agent, attempts FROM orc_tasks WHERE id = $1")
@@ -620,7 +621,7 @@ pub(crate) async fn current(
 
 /// Ends the current attempt of task `id` with `outcome` (inside the writer).
 pub(crate) async fn end_attempt(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     id: &str,
     attempt: i64,
     outcome: &str,
@@ -647,7 +648,7 @@ pub(crate) async fn end_attempt(
 /// attempt allowed) and the task is queued again for `to`. Only a task `from`
 /// submitted, is pinned to or holds moves; returns whether it moved (false when
 /// it has finished, is someone else's, or does not exist).
-pub async fn transfer(conn: &mut AnyConnection, id: &str, from: &str, to: &str, now: i64) -> Result<bool> {
+pub async fn transfer(conn: &mut Conn, id: &str, from: &str, to: &str, now: i64) -> Result<bool> {
     let Some(r) = sqlx::query(
         "SELECT state, lease_agent, pinned_agent, submitted_by, attempts FROM orc_tasks WHERE id = $1",
     )
@@ -688,7 +689,7 @@ pub async fn transfer(conn: &mut AnyConnection, id: &str, from: &str, to: &str, 
 }
 
 /// Cancels a task that has not finished (inside the writer).
-pub async fn cancel(conn: &mut AnyConnection, id: &str, now: i64) -> Result<TaskState> {
+pub async fn cancel(conn: &mut Conn, id: &str, now: i64) -> Result<TaskState> {
     let (state, _, _, attempts) = current(conn, id).await?;
     if state.is_terminal() {
         return Err(Error::new(

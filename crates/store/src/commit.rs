@@ -14,12 +14,15 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::str::FromStr;
 use std::sync::OnceLock;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, Connection, Executor};
+
+use crate::Conn;
 use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -37,18 +40,14 @@ pub type TailItem = Box<dyn std::any::Any + Send>;
 /// and only from writes that succeeded.
 pub trait Tail: Send + Sync + 'static {
     /// Writes `items` on the writer's connection; an error rolls the whole batch back.
-    fn flush<'c>(
-        &'c self,
-        conn: &'c mut AnyConnection,
-        items: Vec<TailItem>,
-    ) -> BoxFuture<'c, Result<(), Error>>;
+    fn flush<'c>(&'c self, conn: &'c mut Conn, items: Vec<TailItem>) -> BoxFuture<'c, Result<(), Error>>;
 }
 
 pub(crate) type TailSlot = Arc<OnceLock<Arc<dyn Tail>>>;
 
 type Finish = Box<dyn FnOnce(Result<(), Error>) + Send>;
 type Ran = (bool, Finish, Vec<TailItem>);
-type Run = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> + Send>;
+type Run = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Ran> + Send>;
 
 /// One queued write.
 pub(crate) struct Job(Run);
@@ -57,6 +56,7 @@ pub(crate) struct Job(Run);
 const WRITER_LOCK: i64 = 0x5354_5241_5441;
 
 pub(crate) fn start(
+    url: String,
     connect: AnyConnectOptions,
     backend: Backend,
     max_batch: usize,
@@ -66,6 +66,7 @@ pub(crate) fn start(
     let (tx, rx) = mpsc::channel(4096);
     let (committed_tx, committed_rx) = watch::channel(0);
     let w = Writer {
+        url,
         connect,
         backend,
         max_batch: max_batch.max(1),
@@ -90,7 +91,7 @@ pub(crate) async fn submit<T, E, F>(jobs: &mpsc::Sender<Job>, f: F) -> Result<T,
 where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
+    F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
 {
     enqueue(jobs, f).await?.await
 }
@@ -116,10 +117,10 @@ pub(crate) async fn enqueue<T, E, F>(jobs: &mpsc::Sender<Job>, f: F) -> Result<Q
 where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
+    F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel::<Result<T, E>>();
-    let run: Run = Box::new(move |conn: &mut AnyConnection| {
+    let run: Run = Box::new(move |conn: &mut Conn| {
         Box::pin(async move {
             let (out, tail) = match f(conn).await {
                 Ok((out, tail)) => (Ok(out), tail),
@@ -142,6 +143,8 @@ where
 }
 
 struct Writer {
+    /// The store's URL (the SQLite writer opens the file it names).
+    url: String,
     connect: AnyConnectOptions,
     backend: Backend,
     max_batch: usize,
@@ -150,17 +153,19 @@ struct Writer {
 
 impl Writer {
     /// Opens the writer's own connection.
-    async fn open(&self) -> Result<AnyConnection, sqlx::Error> {
-        let mut c = AnyConnection::connect_with(&self.connect).await?;
-        if self.backend == Backend::Sqlite {
-            c.execute(crate::SQLITE_PRAGMAS).await?;
+    async fn open(&self) -> Result<Conn, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                let file = sqlx::sqlite::SqliteConnectOptions::from_str(&self.url)?;
+                Conn::open_sqlite(file.get_filename(), crate::SQLITE_PRAGMAS)
+            }
+            Backend::Postgres => Ok(Conn::Any(AnyConnection::connect_with(&self.connect).await?)),
         }
-        Ok(c)
     }
 
     async fn run(self, mut rx: mpsc::Receiver<Job>, committed: watch::Sender<u64>, stop: Arc<Notify>) {
         let max_batch = self.max_batch;
-        let mut conn: Option<AnyConnection> = None;
+        let mut conn: Option<Conn> = None;
         let mut batch = Vec::with_capacity(max_batch);
         loop {
             // A batch in progress always finishes; the stop signal is seen between batches.
@@ -210,7 +215,7 @@ impl Writer {
 }
 
 /// Closes the writer's connection, waiting at most a few seconds.
-async fn close(c: AnyConnection) {
+async fn close(c: Conn) {
     match tokio::time::timeout(std::time::Duration::from_secs(5), c.close()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "closing the writer's connection failed"),
@@ -225,7 +230,7 @@ fn fail_all(jobs: impl Iterator<Item = Job>, why: &str) {
     tracing::warn!(reason = why, jobs = n, "writes refused before they ran");
 }
 
-async fn exec(conn: &mut AnyConnection, sql: &'static str) -> Result<(), Error> {
+async fn exec(conn: &mut Conn, sql: &'static str) -> Result<(), Error> {
     sqlx::raw_sql(sql).execute(&mut *conn).await?;
     Ok(())
 }
@@ -233,7 +238,7 @@ async fn exec(conn: &mut AnyConnection, sql: &'static str) -> Result<(), Error> 
 impl Writer {
     async fn run_batch(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         jobs: VecDeque<Job>,
         rx: &mut mpsc::Receiver<Job>,
     ) -> Result<Vec<Finish>, (Error, Vec<Finish>)> {

@@ -5,7 +5,9 @@
 //! increase in commit order (the writer is the only appender).
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use crate::Conn;
 
 use crate::{Params, Result, Store};
 
@@ -26,7 +28,7 @@ pub struct Event {
 
 /// Appends an event inside the writer's transaction and returns its sequence number.
 pub async fn append(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     at: i64,
     kind: &str,
     subject: &str,
@@ -62,7 +64,7 @@ pub struct NewEvent {
 
 /// Appends `events`, in order, inside the writer's transaction: one read of the
 /// last number and one insert per 64 events.
-pub async fn append_many(conn: &mut AnyConnection, events: &[NewEvent]) -> Result<()> {
+pub async fn append_many(conn: &mut Conn, events: &[NewEvent]) -> Result<()> {
     const CHUNK: usize = 100;
     if events.is_empty() {
         return Ok(());

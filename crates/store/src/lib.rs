@@ -13,6 +13,7 @@
 //! migration carries both texts.
 
 mod commit;
+mod conn;
 pub mod event;
 mod migrate;
 mod params;
@@ -22,6 +23,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use commit::{Queued, Tail, TailItem, WriteFuture};
+pub use conn::Conn;
 pub use migrate::Migration;
 pub use params::Params;
 pub use sqlx;
@@ -169,6 +171,7 @@ impl Store {
         let stop = Arc::new(Notify::new());
         let tail = commit::TailSlot::default();
         let (writes, committed) = commit::start(
+            opts.url.clone(),
             writer_connect,
             backend,
             opts.max_batch,
@@ -202,7 +205,7 @@ impl Store {
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, T, E> + Send + 'static,
     {
         self.write_queued(f).await?.await
     }
@@ -220,7 +223,7 @@ impl Store {
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, T, E> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, T, E> + Send + 'static,
     {
         commit::enqueue(&self.writes, move |c| {
             Box::pin(async move { f(c).await.map(|out| (out, Vec::new())) })
@@ -235,7 +238,7 @@ impl Store {
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
     {
         commit::submit(&self.writes, f).await
     }

@@ -13,6 +13,8 @@
 
 use sqlx::AnyConnection;
 
+use crate::Conn;
+
 use crate::Backend;
 
 /// Hands out placeholders in bind order.
@@ -32,8 +34,8 @@ impl Params {
     }
 
     /// Placeholders for a statement run on `conn`.
-    pub fn on(conn: &AnyConnection) -> Params {
-        Params::new(Backend::of(conn))
+    pub fn on(conn: &Conn) -> Params {
+        Params::new(conn.backend())
     }
 
     /// The placeholder of the next value bound.

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use strata_core::{Error, ErrorCode, Result};
+use strata_store::Conn as Tx;
 use strata_store::{Params, Store};
 
 use crate::call::{CallRecord, ListCalls};
@@ -99,7 +100,7 @@ pub(crate) async fn put_secret(
     now: i64,
 ) -> Result<SecretInfo> {
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO tl_secrets ({SECRET_COLUMNS}) VALUES ($1, $2, $3, 1, $4, $4)
@@ -129,7 +130,7 @@ pub(crate) async fn replace_secret_value(
     now: i64,
 ) -> Result<()> {
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 sqlx::query(
                     "UPDATE tl_secrets SET sealed = $1, version = version + 1, updated_at = $2 WHERE name = $3",
@@ -169,7 +170,7 @@ pub(crate) async fn secret(store: &Store, name: &str) -> Result<Option<SealedSec
 
 pub(crate) async fn delete_secret(store: &Store, name: String) -> Result<bool> {
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 let done = sqlx::query("DELETE FROM tl_secrets WHERE name = $1")
                     .bind(&name)
@@ -184,7 +185,7 @@ pub(crate) async fn delete_secret(store: &Store, name: String) -> Result<bool> {
 
 // --- connections and tools ---
 
-async fn insert_tools(c: &mut AnyConnection, conn_id: &str, defs: &[ToolDef]) -> Result<()> {
+async fn insert_tools(c: &mut Tx, conn_id: &str, defs: &[ToolDef]) -> Result<()> {
     for d in defs {
         sqlx::query(
             "INSERT INTO tl_tools (connection_id, name, description, input_schema, idempotent, binding, output_schema)
@@ -223,7 +224,7 @@ pub(crate) async fn insert_connection(store: &Store, conn: &Conn, defs: Vec<Tool
     );
     let (created, synced) = (conn.created_at, conn.synced_at);
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 let inserted = sqlx::query(
                     "INSERT INTO tl_connections (id, name, kind, spec, created_at, synced_at)
@@ -260,7 +261,7 @@ pub(crate) async fn replace_tools(
     now: i64,
 ) -> Result<()> {
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 let found = sqlx::query("UPDATE tl_connections SET synced_at = $1 WHERE id = $2")
                     .bind(now)
@@ -284,7 +285,7 @@ pub(crate) async fn replace_tools(
 
 pub(crate) async fn delete_connection(store: &Store, id: String) -> Result<()> {
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 sqlx::query("DELETE FROM tl_tools WHERE connection_id = $1")
                     .bind(&id)
@@ -356,7 +357,7 @@ pub(crate) async fn all_tools(store: &Store) -> Result<Vec<(String, ToolDef)>> {
 pub(crate) async fn insert_grant(store: &Store, g: Grant, now: i64) -> Result<()> {
     let subject = serde_json::to_string(&g.subject).map_err(Error::internal)?;
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 sqlx::query("INSERT INTO tl_grants (id, subject, tools, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(&g.id)
@@ -393,7 +394,7 @@ pub(crate) async fn grants(store: &Store) -> Result<Vec<Grant>> {
 
 pub(crate) async fn delete_grant(store: &Store, id: String) -> Result<bool> {
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 let done = sqlx::query("DELETE FROM tl_grants WHERE id = $1")
                     .bind(&id)
@@ -414,7 +415,7 @@ const CALL_COLUMNS: &str = "id, at, agent, task, tool, arguments_digest, status,
 pub(crate) async fn insert_calls(store: &Store, rows: Vec<(CallRecord, i64)>) -> Result<()> {
     let backend = store.backend();
     store
-        .write(move |c: &mut AnyConnection| {
+        .write(move |c: &mut Tx| {
             Box::pin(async move {
                 let mut p = Params::new(backend);
                 let values: Vec<String> = rows.iter().map(|_| p.row(13)).collect();

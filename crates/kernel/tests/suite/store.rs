@@ -8,13 +8,34 @@ use strata_store::{Backend, Migration, Options, Store};
 
 use super::harness::Harness;
 
-const SCRATCH: &[Migration] = &[Migration {
-    layer: "scratch",
-    version: 1,
-    name: "a table for store tests",
-    sqlite: "CREATE TABLE scratch (k TEXT PRIMARY KEY, v BIGINT NOT NULL)",
-    postgres: "CREATE TABLE scratch (k TEXT PRIMARY KEY, v BIGINT NOT NULL)",
-}];
+const SCRATCH: &[Migration] = &[
+    Migration {
+        layer: "scratch",
+        version: 1,
+        name: "a table for store tests",
+        sqlite: "CREATE TABLE scratch (k TEXT PRIMARY KEY, v BIGINT NOT NULL)",
+        postgres: "CREATE TABLE scratch (k TEXT PRIMARY KEY, v BIGINT NOT NULL)",
+    },
+    Migration {
+        layer: "scratch",
+        version: 2,
+        name: "a row of every column type",
+        sqlite: "CREATE TABLE typed (k TEXT PRIMARY KEY, i BIGINT, f DOUBLE PRECISION, t TEXT, y BLOB)",
+        postgres: "CREATE TABLE typed (k TEXT PRIMARY KEY, i BIGINT, f DOUBLE PRECISION, t TEXT, y BYTEA)",
+    },
+];
+
+/// One `typed` row as read back: (i, f, t, y).
+type Typed = (Option<i64>, Option<f64>, Option<String>, Option<Vec<u8>>);
+
+fn typed(row: &sqlx::any::AnyRow) -> Typed {
+    (
+        row.try_get("i").unwrap(),
+        row.try_get("f").unwrap(),
+        row.try_get("t").unwrap(),
+        row.try_get("y").unwrap(),
+    )
+}
 
 async fn open(b: Backend, dir: &std::path::Path) -> (Store, String) {
     let url = strata_store::testing::fresh_url(b, dir).await.unwrap();
@@ -221,6 +242,95 @@ async fn a_panicking_write_is_rolled_back_and_the_writer_keeps_going(b: Backend)
     assert_eq!(keys, vec!["after".to_string()]);
 }
 
+/// Writes run on the writer's own connection (on SQLite not sqlx's, see
+/// `strata_store::Conn`): what a write stores and reads back inside its
+/// transaction must be what the read pool sees, for every column type, with a
+/// numbered parameter used twice, NULLs, rows-affected counts, and a unique
+/// violation reported as one.
+async fn the_writers_connection_reads_and_writes_every_type_as_the_pool_does(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(b, dir.path()).await;
+    let full: Typed = (
+        Some(-9_007_199_254_740_993),
+        Some(2.5e-7),
+        Some("héllo ☃ 'quoted'".to_string()),
+        Some(vec![0, 255, 10, 13]),
+    );
+    let empty: Typed = (None, None, None, None);
+    for (k, row) in [("full", full.clone()), ("empty", empty.clone())] {
+        let key = k.to_string();
+        let back = store
+            .write(move |c| {
+                Box::pin(async move {
+                    let (i, f, t, y) = row;
+                    sqlx::query("INSERT INTO typed (k, i, f, t, y) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(&key)
+                        .bind(i)
+                        .bind(f)
+                        .bind(t)
+                        .bind(y)
+                        .execute(&mut *c)
+                        .await?;
+                    let r = sqlx::query("SELECT i, f, t, y FROM typed WHERE k = $1 AND $1 = k")
+                        .bind(&key)
+                        .fetch_one(&mut *c)
+                        .await?;
+                    Ok::<_, strata_store::Error>(typed(&r))
+                })
+            })
+            .await
+            .unwrap();
+        let read = sqlx::query("SELECT i, f, t, y FROM typed WHERE k = $1")
+            .bind(k)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(back, typed(&read), "the writer and the pool disagree on '{k}'");
+    }
+    let read = sqlx::query("SELECT i, f, t, y FROM typed WHERE k = 'full'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(typed(&read), full);
+
+    let (updated, missing) = store
+        .write(move |c| {
+            Box::pin(async move {
+                let updated = sqlx::query("UPDATE typed SET t = $1 WHERE k IN ('full', 'empty')")
+                    .bind("x")
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                let missing = sqlx::query("SELECT k FROM typed WHERE k = $1")
+                    .bind("nobody")
+                    .fetch_optional(&mut *c)
+                    .await?
+                    .is_none();
+                Ok::<_, strata_store::Error>((updated, missing))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(updated, 2);
+    assert!(missing);
+    let dup = store
+        .write(move |c| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO typed (k) VALUES ($1)")
+                    .bind("full")
+                    .execute(&mut *c)
+                    .await?;
+                Ok::<_, strata_store::Error>(())
+            })
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        dup.is_unique_violation(),
+        "a duplicate key must be reported as a unique violation: {dup}"
+    );
+}
+
 async fn the_kernel_store_opens_on_this_backend(b: Backend) {
     let h = Harness::new(b).await;
     h.store().ping().await.unwrap();
@@ -235,5 +345,6 @@ crate::on_both_backends!(
     reopening_applies_nothing_twice_and_an_edited_migration_is_refused,
     a_failed_migration_leaves_no_partial_schema,
     a_panicking_write_is_rolled_back_and_the_writer_keeps_going,
+    the_writers_connection_reads_and_writes_every_type_as_the_pool_does,
     the_kernel_store_opens_on_this_backend,
 );
