@@ -94,7 +94,11 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
         .iter()
         .map(|o| o.to_string())
         .chain(options.mcp_origins.iter().cloned());
+    // A stateless (2026-07-28) call whose first message is its answer gets it
+    // as plain JSON, not as a one-event SSE stream; a handler that sends
+    // something first (progress) still streams.
     let config = StreamableHttpServerConfig::default()
+        .with_json_response(true)
         .disable_allowed_hosts()
         .with_allowed_origins(origins)
         .enforce_origin_validation()
