@@ -230,8 +230,16 @@ fn fail_all(jobs: impl Iterator<Item = Job>, why: &str) {
     tracing::warn!(reason = why, jobs = n, "writes refused before they ran");
 }
 
+/// Runs transaction control. On SQLite each statement runs on its own, so that
+/// each is a cached prepared statement; on PostgreSQL one round trip carries them all.
 async fn exec(conn: &mut Conn, sql: &'static str) -> Result<(), Error> {
-    sqlx::raw_sql(sql).execute(&mut *conn).await?;
+    if conn.backend() == Backend::Sqlite {
+        for one in sql.split("; ") {
+            sqlx::raw_sql(one).execute(&mut *conn).await?;
+        }
+    } else {
+        sqlx::raw_sql(sql).execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -244,10 +252,11 @@ impl Writer {
     ) -> Result<Vec<Finish>, (Error, Vec<Finish>)> {
         let backend = self.backend;
         let mut finishes = Vec::new();
-        // Every statement costs a round trip (to the SQLite worker thread or to the
-        // PostgreSQL server), so transaction control is folded into as few calls as
-        // possible: one before the first write, one between writes, one at the end;
-        // and what every write appends to the logs is written once for the batch.
+        // On PostgreSQL every statement costs a round trip to the server, so
+        // transaction control is folded into as few calls as possible: one before
+        // the first write, one between writes, one at the end (on SQLite they are
+        // direct calls; see `exec`). What every write appends to the logs is
+        // written once for the batch.
         let begin = match backend {
             // IMMEDIATE takes the write lock now rather than at the first write.
             Backend::Sqlite => "BEGIN IMMEDIATE; SAVEPOINT w",

@@ -149,7 +149,7 @@ fn unsupported(what: &str) -> sqlx::Error {
 }
 
 /// Runs `sql` on SQLite: one statement with `args`, or, without arguments (raw
-/// SQL), every statement in it.
+/// SQL), every statement in it. Single statements are prepared once and cached.
 fn run(db: &rusqlite::Connection, sql: &str, args: Option<AnyArguments>) -> Result<Vec<Item>, sqlx::Error> {
     let mut out = Vec::new();
     match args {
@@ -158,12 +158,16 @@ fn run(db: &rusqlite::Connection, sql: &str, args: Option<AnyArguments>) -> Resu
             bind(&mut st, args)?;
             step(db, &mut st, &mut out)?;
         }
-        None => {
-            let mut batch = rusqlite::Batch::new(db, sql);
-            while let Some(mut st) = batch.next().map_err(lite_error)? {
-                step(db, &mut st, &mut out)?;
+        None => match db.prepare_cached(sql) {
+            Ok(mut st) => step(db, &mut st, &mut out)?,
+            Err(rusqlite::Error::MultipleStatement) => {
+                let mut batch = rusqlite::Batch::new(db, sql);
+                while let Some(mut st) = batch.next().map_err(lite_error)? {
+                    step(db, &mut st, &mut out)?;
+                }
             }
-        }
+            Err(e) => return Err(lite_error(e)),
+        },
     }
     Ok(out)
 }
