@@ -5,15 +5,17 @@
 //! through this kernel clear the cache at once; on other replicas of a PostgreSQL
 //! deployment a revoked token stops working within the TTL.
 //!
-//! An agent's labels never change after it is created (and its id is never
-//! reused), so the labels the tool gateway matches grants against are cached
-//! without a TTL.
+//! An agent's labels and capabilities never change after it is created (and
+//! its id is never reused; deleting it revokes its tokens in the same write),
+//! so the labels the tool gateway matches grants against and the capabilities
+//! every lease and completion checks are cached without a TTL.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use strata_core::{Error, ErrorCode, Principal, Result};
+use strata_identity::Capability;
 use strata_identity::token::Verified;
 
 use crate::Kernel;
@@ -43,6 +45,10 @@ impl TokenCache {
 /// Agents' labels by agent id.
 #[derive(Default)]
 pub(crate) struct LabelCache(RwLock<HashMap<String, BTreeMap<String, String>>>);
+
+/// The capabilities agents declare, by agent id.
+#[derive(Default)]
+pub(crate) struct CapabilityCache(RwLock<HashMap<String, Arc<Vec<Capability>>>>);
 
 impl Kernel {
     /// Resolves a bearer token (without the `Bearer ` prefix) to a principal.
@@ -90,10 +96,30 @@ impl Kernel {
         Ok(labels)
     }
 
-    /// Drops every cached token (and agent labels, so a deleted agent's go too).
+    /// The capabilities agent `agent_id` declares (read once, then cached).
+    pub(crate) async fn agent_capabilities(&self, agent_id: &str) -> Result<Arc<Vec<Capability>>> {
+        let cache = &self.inner.capabilities.0;
+        if let Some(c) = cache.read().ok().and_then(|m| m.get(agent_id).cloned()) {
+            return Ok(c);
+        }
+        let caps = Arc::new(self.inner.identity.capabilities_of(agent_id).await?);
+        if let Ok(mut m) = cache.write() {
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+            m.insert(agent_id.to_string(), caps.clone());
+        }
+        Ok(caps)
+    }
+
+    /// Drops every cached token (and agents' labels and capabilities, so a
+    /// deleted agent's go too).
     pub(crate) fn forget_tokens(&self) {
         self.inner.tokens.clear();
         if let Ok(mut m) = self.inner.labels.0.write() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.inner.capabilities.0.write() {
             m.clear();
         }
     }

@@ -215,8 +215,7 @@ impl Handler for ResolveEscalation {
         let esc = k.orchestrator().escalation(&req.id).await?;
         if let Principal::Agent { agent_id, .. } = &cx.principal {
             let declares = k
-                .identity()
-                .capabilities_of(agent_id)
+                .agent_capabilities(agent_id)
                 .await?
                 .iter()
                 .any(|c| c.name == esc.assignee);

@@ -269,11 +269,10 @@ impl Handler for LeaseTasks {
         let agent = agent_of(cx)?.to_string();
         let (wait, max, lease_ms) = req.bounds(k.orchestrator())?;
         let caps: Vec<String> = k
-            .identity()
-            .capabilities_of(&agent)
+            .agent_capabilities(&agent)
             .await?
-            .into_iter()
-            .map(|c| c.name)
+            .iter()
+            .map(|c| c.name.clone())
             .collect();
         let until = Instant::now() + Duration::from_millis(wait);
         // An agent whose attempts keep failing gets nothing until its breaker
@@ -381,7 +380,7 @@ impl Handler for CompleteTask {
     async fn handle(k: &Kernel, cx: &Cx, req: Completion) -> Result<Action<Outcome>> {
         let agent = agent_of(cx)?.to_string();
         let capability = k.orchestrator().capability_of(&req.id).await?;
-        let caps = k.identity().capabilities_of(&agent).await?;
+        let caps = k.agent_capabilities(&agent).await?;
         if let Some(cap) = caps.iter().find(|c| c.name == capability) {
             validate(
                 &cap.output_schema,
@@ -434,7 +433,7 @@ impl Handler for CompleteTasks {
             ));
         }
         let task_caps = k.orchestrator().capabilities_of_tasks(&ids).await?;
-        let caps = k.identity().capabilities_of(&agent).await?;
+        let caps = k.agent_capabilities(&agent).await?;
         let refused = items
             .iter()
             .enumerate()
