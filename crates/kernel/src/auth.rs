@@ -42,13 +42,43 @@ impl TokenCache {
     }
 }
 
+/// Something fixed when an agent is created, by agent id: read once, then kept
+/// until the tokens are forgotten.
+pub(crate) struct ByAgent<V>(RwLock<HashMap<String, V>>);
+
+impl<V> Default for ByAgent<V> {
+    fn default() -> Self {
+        ByAgent(RwLock::default())
+    }
+}
+
+impl<V: Clone> ByAgent<V> {
+    async fn get_or_load(&self, agent_id: &str, load: impl Future<Output = Result<V>>) -> Result<V> {
+        if let Some(v) = self.0.read().ok().and_then(|m| m.get(agent_id).cloned()) {
+            return Ok(v);
+        }
+        let v = load.await?;
+        if let Ok(mut m) = self.0.write() {
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+            m.insert(agent_id.to_string(), v.clone());
+        }
+        Ok(v)
+    }
+
+    fn clear(&self) {
+        if let Ok(mut m) = self.0.write() {
+            m.clear();
+        }
+    }
+}
+
 /// Agents' labels by agent id.
-#[derive(Default)]
-pub(crate) struct LabelCache(RwLock<HashMap<String, BTreeMap<String, String>>>);
+pub(crate) type LabelCache = ByAgent<BTreeMap<String, String>>;
 
 /// The capabilities agents declare, by agent id.
-#[derive(Default)]
-pub(crate) struct CapabilityCache(RwLock<HashMap<String, Arc<Vec<Capability>>>>);
+pub(crate) type CapabilityCache = ByAgent<Arc<Vec<Capability>>>;
 
 impl Kernel {
     /// Resolves a bearer token (without the `Bearer ` prefix) to a principal.
@@ -82,45 +112,21 @@ impl Kernel {
 
     /// The labels of agent `agent_id` (read once, then cached).
     pub(crate) async fn agent_labels(&self, agent_id: &str) -> Result<BTreeMap<String, String>> {
-        let cache = &self.inner.labels.0;
-        if let Some(l) = cache.read().ok().and_then(|m| m.get(agent_id).cloned()) {
-            return Ok(l);
-        }
-        let labels = self.inner.identity.get(agent_id).await?.labels;
-        if let Ok(mut m) = cache.write() {
-            if m.len() >= CACHE_MAX {
-                m.clear();
-            }
-            m.insert(agent_id.to_string(), labels.clone());
-        }
-        Ok(labels)
+        let load = async { Ok(self.inner.identity.get(agent_id).await?.labels) };
+        self.inner.labels.get_or_load(agent_id, load).await
     }
 
     /// The capabilities agent `agent_id` declares (read once, then cached).
     pub(crate) async fn agent_capabilities(&self, agent_id: &str) -> Result<Arc<Vec<Capability>>> {
-        let cache = &self.inner.capabilities.0;
-        if let Some(c) = cache.read().ok().and_then(|m| m.get(agent_id).cloned()) {
-            return Ok(c);
-        }
-        let caps = Arc::new(self.inner.identity.capabilities_of(agent_id).await?);
-        if let Ok(mut m) = cache.write() {
-            if m.len() >= CACHE_MAX {
-                m.clear();
-            }
-            m.insert(agent_id.to_string(), caps.clone());
-        }
-        Ok(caps)
+        let load = async { Ok(Arc::new(self.inner.identity.capabilities_of(agent_id).await?)) };
+        self.inner.capabilities.get_or_load(agent_id, load).await
     }
 
     /// Drops every cached token (and agents' labels and capabilities, so a
     /// deleted agent's go too).
     pub(crate) fn forget_tokens(&self) {
         self.inner.tokens.clear();
-        if let Ok(mut m) = self.inner.labels.0.write() {
-            m.clear();
-        }
-        if let Ok(mut m) = self.inner.capabilities.0.write() {
-            m.clear();
-        }
+        self.inner.labels.clear();
+        self.inner.capabilities.clear();
     }
 }
