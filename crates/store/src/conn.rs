@@ -86,27 +86,21 @@ type Item = Either<AnyQueryResult, AnyRow>;
 impl<'c> Executor<'c> for &'c mut Conn {
     type Database = Any;
 
-    fn fetch_many<'e, 'q: 'e, E>(self, mut query: E) -> BoxStream<'e, Result<Item, sqlx::Error>>
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<Item, sqlx::Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
         match self {
             Conn::Any(c) => c.fetch_many(query),
-            Conn::Lite(db) => {
-                let items = query
-                    .take_arguments()
-                    .map_err(sqlx::Error::Encode)
-                    .and_then(|args| run(db, query.sql().as_str(), args));
-                match items {
-                    Ok(items) => stream::iter(items.into_iter().map(Ok)).boxed(),
-                    Err(e) => stream::once(future::ready(Err(e))).boxed(),
-                }
-            }
+            Conn::Lite(db) => match run_query(db, query) {
+                Ok(items) => stream::iter(items.into_iter().map(Ok)).boxed(),
+                Err(e) => stream::once(future::ready(Err(e))).boxed(),
+            },
         }
     }
 
-    fn fetch_optional<'e, 'q: 'e, E>(self, mut query: E) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Any>,
@@ -114,16 +108,12 @@ impl<'c> Executor<'c> for &'c mut Conn {
         match self {
             Conn::Any(c) => c.fetch_optional(query),
             Conn::Lite(db) => {
-                let row = query
-                    .take_arguments()
-                    .map_err(sqlx::Error::Encode)
-                    .and_then(|args| run(db, query.sql().as_str(), args))
-                    .map(|items| {
-                        items.into_iter().find_map(|i| match i {
-                            Either::Right(row) => Some(row),
-                            Either::Left(_) => None,
-                        })
-                    });
+                let row = run_query(db, query).map(|items| {
+                    items.into_iter().find_map(|i| match i {
+                        Either::Right(row) => Some(row),
+                        Either::Left(_) => None,
+                    })
+                });
                 Box::pin(future::ready(row))
             }
         }
@@ -146,6 +136,15 @@ impl<'c> Executor<'c> for &'c mut Conn {
 
 fn unsupported(what: &str) -> sqlx::Error {
     sqlx::Error::Protocol(format!("the SQLite writer's connection does not support {what}"))
+}
+
+/// Runs a sqlx query (its text and bound arguments) on SQLite.
+fn run_query<'q>(
+    db: &rusqlite::Connection,
+    mut query: impl Execute<'q, Any>,
+) -> Result<Vec<Item>, sqlx::Error> {
+    let args = query.take_arguments().map_err(sqlx::Error::Encode)?;
+    run(db, query.sql().as_str(), args)
 }
 
 /// Runs `sql` on SQLite: one statement with `args`, or, without arguments (raw

@@ -27,7 +27,6 @@ pub use conn::Conn;
 pub use migrate::Migration;
 pub use params::Params;
 pub use sqlx;
-pub use sqlx::AnyConnection;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor};

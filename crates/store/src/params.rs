@@ -11,8 +11,6 @@
 //! the placeholders appear in the text (on SQLite a `?` takes the next value
 //! bound). Never mix them with hand-written `$n` in one statement.
 
-use sqlx::AnyConnection;
-
 use crate::Conn;
 
 use crate::Backend;
@@ -56,17 +54,6 @@ impl Params {
     /// A parenthesised row of `n` placeholders (for `VALUES (…)`).
     pub fn row(&mut self, n: usize) -> String {
         format!("({})", self.list(n))
-    }
-}
-
-impl Backend {
-    /// The backend `conn` talks to.
-    pub fn of(conn: &AnyConnection) -> Backend {
-        if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        }
     }
 }
 
