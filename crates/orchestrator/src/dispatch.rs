@@ -9,6 +9,11 @@
 //! steal delay that passes, a write on another replica) is found by each waiter's
 //! periodic re-check.
 //!
+//! A waiter woken to lease is announced to the store as a follower of the write
+//! that woke it ([`strata_store::Followers`]): that write's batch waits briefly
+//! for the lease before committing, so a submission and the lease of its task
+//! usually share one commit.
+//!
 //! Ranking among waiters uses discovery's score (see [`crate::discovery`]), kept
 //! per agent and capability by [`Dispatcher::set_scores`]; an agent with no score
 //! yet ranks as a new agent would (0.5), and ties go to the longest waiting.
@@ -17,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use strata_store::{Follower, Followers};
 use tokio::sync::Notify;
 
 /// The score of an agent the dispatcher has not ranked yet.
@@ -30,6 +36,8 @@ pub struct Dispatcher {
 
 #[derive(Default)]
 struct Inner {
+    /// Where a lease wake-up is announced to the writer (none in unit tests).
+    followers: Option<Followers>,
     next: u64,
     waiters: Vec<Waiter>,
     /// (agent, capability) → discovery score.
@@ -43,6 +51,8 @@ struct Waiter {
     max: u32,
     /// Why it was woken, until it reads that (and is armed again).
     woken: Option<Wake>,
+    /// The lease write the store expects of it, once woken to lease.
+    follower: Option<Follower>,
     wake: Arc<Notify>,
 }
 
@@ -74,6 +84,7 @@ pub struct Waiting {
     dispatcher: Dispatcher,
     id: u64,
     wake: Arc<Notify>,
+    follower: Mutex<Option<Follower>>,
 }
 
 impl Waiting {
@@ -82,12 +93,23 @@ impl Waiting {
     pub async fn woken(&self, timeout: Duration) -> Option<Wake> {
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
         let id = self.id;
-        self.dispatcher.with(|i| {
+        let (wake, follower) = self.dispatcher.with(|i| {
             i.waiters
                 .iter_mut()
                 .find(|w| w.id == id)
-                .and_then(|w| w.woken.take())
-        })
+                .map_or((None, None), |w| (w.woken.take(), w.follower.take()))
+        });
+        if follower.is_some() {
+            *self.follower.lock().unwrap_or_else(|p| p.into_inner()) = follower;
+        }
+        wake
+    }
+
+    /// The store's expectation of this waiter's lease write, after a
+    /// [`Wake::Lease`]: move it into that write and drop it when the write runs
+    /// (dropping it sooner only ends the writer's wait for it).
+    pub fn follower(&self) -> Option<Follower> {
+        self.follower.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -99,6 +121,13 @@ impl Drop for Waiting {
 }
 
 impl Dispatcher {
+    /// A dispatcher that announces each lease it wakes to `followers`.
+    pub fn new(followers: Followers) -> Dispatcher {
+        let d = Dispatcher::default();
+        d.with(|i| i.followers = Some(followers));
+        d
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut inner)
@@ -116,6 +145,7 @@ impl Dispatcher {
                 caps: caps.to_vec(),
                 max: max.max(1),
                 woken: None,
+                follower: None,
                 wake: wake.clone(),
             });
             i.next
@@ -124,6 +154,7 @@ impl Dispatcher {
             dispatcher: self.clone(),
             id,
             wake,
+            follower: Mutex::new(None),
         }
     }
 
@@ -159,6 +190,7 @@ impl Dispatcher {
                 let w = &mut i.waiters[at];
                 covered += w.max as usize;
                 w.woken = Some(Wake::Lease);
+                w.follower = i.followers.as_ref().map(Followers::expect);
                 w.wake.notify_one();
             }
         });
@@ -290,6 +322,31 @@ mod tests {
         });
         assert!(was_woken(&pinned).await);
         assert!(!was_woken(&other).await, "stealing waits for the steal delay");
+    }
+
+    #[tokio::test]
+    async fn a_lease_wake_up_is_announced_to_the_writer_until_its_write_runs() {
+        let followers = Followers::default();
+        let d = Dispatcher::new(followers.clone());
+        let a = d.wait("a", &caps(&["x"]), 1);
+        let b = d.wait("b", &caps(&["x"]), 1);
+        d.ready(ready("x", 2));
+        assert_eq!(followers.expected(), 2, "each woken lease is announced");
+        assert!(was_woken(&a).await);
+        let follower = a.follower();
+        assert!(follower.is_some(), "the woken waiter carries its announcement");
+        drop(a);
+        assert_eq!(
+            followers.expected(),
+            2,
+            "the announcement lives in the lease's write"
+        );
+        drop(follower);
+        assert_eq!(followers.expected(), 1);
+        drop(b);
+        assert_eq!(followers.expected(), 0, "a waiter that goes away withdraws it");
+        d.ready_any();
+        assert_eq!(followers.expected(), 0, "a re-check is not a lease");
     }
 
     #[tokio::test]

@@ -88,11 +88,11 @@ impl Orchestrator {
     /// measuring presence with `clock`.
     pub fn new(store: Store, identity: Identity, config: Config, clock: Arc<dyn Clock>) -> Orchestrator {
         Orchestrator {
+            dispatcher: dispatch::Dispatcher::new(store.followers().clone()),
             store,
             identity,
             config,
             presence: presence::Presence::new(clock),
-            dispatcher: dispatch::Dispatcher::default(),
         }
     }
 

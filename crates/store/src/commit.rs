@@ -8,6 +8,11 @@
 //! commit. Results are released only after `COMMIT` returns, so nobody sees an
 //! acknowledgement for a write that could still be lost.
 //!
+//! A write that wakes someone who will write next (a submission waking a
+//! waiting lease) can announce that follower ([`Followers::expect`]): before
+//! committing, the writer waits briefly for announced followers to arrive, so
+//! the two commit together (one fsync) instead of one after the other.
+//!
 //! The writer opens its own connection rather than taking one of the read
 //! pool's: readers keep every pooled connection, and the writer's is closed
 //! by the writer itself when it stops, never handed back to a pool.
@@ -16,6 +21,8 @@ use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -52,25 +59,63 @@ type Run = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Ran> + Send>;
 /// One queued write.
 pub(crate) struct Job(Run);
 
+/// Writes announced but not yet run, which the writer waits for before a commit
+/// (see the module doc). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Followers(Arc<FollowersInner>);
+
+#[derive(Default)]
+struct FollowersInner {
+    expected: AtomicUsize,
+    arrived: Notify,
+}
+
+/// An announced write: drop it when that write runs (or when it will not come).
+#[must_use = "the writer waits for the announced write until this is dropped"]
+pub struct Follower(Arc<FollowersInner>);
+
+impl Followers {
+    /// Announces a write that is about to be queued.
+    pub fn expect(&self) -> Follower {
+        self.0.expected.fetch_add(1, Ordering::SeqCst);
+        Follower(self.0.clone())
+    }
+
+    /// Writes announced and not yet run (or given up).
+    pub fn expected(&self) -> usize {
+        self.0.expected.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if self.0.expected.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.arrived.notify_one();
+        }
+    }
+}
+
 /// Keys the PostgreSQL advisory lock that serialises writers across replicas.
 const WRITER_LOCK: i64 = 0x5354_5241_5441;
 
 pub(crate) fn start(
-    url: String,
+    opts: &crate::Options,
     connect: AnyConnectOptions,
     backend: Backend,
-    max_batch: usize,
     stop: Arc<Notify>,
     tail: TailSlot,
+    followers: Followers,
 ) -> Result<(mpsc::Sender<Job>, watch::Receiver<u64>), Error> {
     let (tx, rx) = mpsc::channel(4096);
     let (committed_tx, committed_rx) = watch::channel(0);
     let w = Writer {
-        url,
+        url: opts.url.clone(),
         connect,
         backend,
-        max_batch: max_batch.max(1),
+        max_batch: opts.max_batch.max(1),
+        linger: opts.linger,
         tail,
+        followers,
     };
     // The writer runs on a thread of its own, so that a busy server (HTTP, JSON,
     // hashing on every worker) does not delay it between statements: every write
@@ -148,7 +193,10 @@ struct Writer {
     connect: AnyConnectOptions,
     backend: Backend,
     max_batch: usize,
+    /// The longest a batch waits for announced followers before it commits anyway.
+    linger: Duration,
     tail: TailSlot,
+    followers: Followers,
 }
 
 impl Writer {
@@ -194,10 +242,12 @@ impl Writer {
             let mut c = c;
             match self.run_batch(&mut c, batch.drain(..).collect(), &mut rx).await {
                 Ok(finishes) => {
+                    // Counted before anyone is answered: a writer who has its
+                    // answer sees its batch in the count.
+                    committed.send_modify(|n| *n += 1);
                     for f in finishes {
                         f(Ok(()));
                     }
-                    committed.send_modify(|n| *n += 1);
                     conn = Some(c);
                 }
                 Err((e, finishes)) => {
@@ -244,6 +294,29 @@ async fn exec(conn: &mut Conn, sql: &'static str) -> Result<(), Error> {
 }
 
 impl Writer {
+    /// While announced followers have not run, waits (until `until`) for the
+    /// next queued write, which may be one of them.
+    async fn await_follower(
+        &self,
+        rx: &mut mpsc::Receiver<Job>,
+        until: &tokio::time::Instant,
+    ) -> Option<Job> {
+        loop {
+            let arrived = self.followers.0.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.followers.expected() == 0 {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                job = rx.recv() => return job,
+                _ = arrived => {}
+                _ = tokio::time::sleep_until(*until) => return None,
+            }
+        }
+    }
+
     async fn run_batch(
         &self,
         conn: &mut Conn,
@@ -280,6 +353,7 @@ impl Writer {
         let mut pending = jobs;
         let mut taken = pending.len();
         let mut tail = Vec::new();
+        let mut linger_until = None;
         while let Some(Job(run)) = pending.pop_front() {
             // A panicking write is a bug, but it must not take the writer (and with it
             // every later write) down: roll it back; its caller sees `Closed`.
@@ -309,6 +383,18 @@ impl Writer {
             if ended.is_ok() && pending.is_empty() {
                 while taken < self.max_batch
                     && let Ok(job) = rx.try_recv()
+                {
+                    pending.push_back(job);
+                    taken += 1;
+                }
+                if pending.is_empty()
+                    && taken < self.max_batch
+                    && let Some(job) = self
+                        .await_follower(
+                            rx,
+                            linger_until.get_or_insert_with(|| tokio::time::Instant::now() + self.linger),
+                        )
+                        .await
                 {
                     pending.push_back(job);
                     taken += 1;

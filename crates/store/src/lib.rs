@@ -22,7 +22,7 @@ pub mod testing;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use commit::{Queued, Tail, TailItem, WriteFuture};
+pub use commit::{Follower, Followers, Queued, Tail, TailItem, WriteFuture};
 pub use conn::Conn;
 pub use migrate::Migration;
 pub use params::Params;
@@ -107,6 +107,9 @@ pub struct Options {
     pub max_connections: u32,
     /// The most writes the writer puts in one transaction.
     pub max_batch: usize,
+    /// The longest a batch waits for writes announced to [`Followers`] before
+    /// it commits without them.
+    pub linger: Duration,
 }
 
 impl Options {
@@ -116,6 +119,7 @@ impl Options {
             url: url.into(),
             max_connections: 8,
             max_batch: 256,
+            linger: Duration::from_millis(1),
         }
     }
 }
@@ -129,6 +133,7 @@ pub struct Store {
     committed: watch::Receiver<u64>,
     stop: Arc<Notify>,
     tail: commit::TailSlot,
+    followers: Followers,
 }
 
 impl std::fmt::Debug for Store {
@@ -169,13 +174,14 @@ impl Store {
         migrate::run(&pool, backend, &sets).await?;
         let stop = Arc::new(Notify::new());
         let tail = commit::TailSlot::default();
+        let followers = Followers::default();
         let (writes, committed) = commit::start(
-            opts.url.clone(),
+            &opts,
             writer_connect,
             backend,
-            opts.max_batch,
             stop.clone(),
             tail.clone(),
+            followers.clone(),
         )?;
         Ok(Store {
             pool,
@@ -184,6 +190,7 @@ impl Store {
             committed,
             stop,
             tail,
+            followers,
         })
     }
 
@@ -246,6 +253,12 @@ impl Store {
     /// registration wins; returns whether this one did.
     pub fn set_tail(&self, tail: Arc<dyn Tail>) -> bool {
         self.tail.set(tail).is_ok()
+    }
+
+    /// Where a write announces the write it is about to cause (see
+    /// [`Followers`]), so that both commit in one batch.
+    pub fn followers(&self) -> &Followers {
+        &self.followers
     }
 
     /// A receiver that changes after every commit (for tailing the event log).

@@ -309,6 +309,8 @@ impl Handler for LeaseTasks {
                 }
             };
         }
+        // The write that woke this lease may be waiting to commit with it.
+        let follower = waiting.follower();
         drop(waiting);
         let steal_after = k.orchestrator().config().steal_after_ms;
         let k2 = k.clone();
@@ -317,6 +319,7 @@ impl Handler for LeaseTasks {
         Ok(Action::WriteEach {
             op: Box::new(move |c| {
                 Box::pin(async move {
+                    drop(follower);
                     let now = k2.now_ms();
                     let tasks = lease::lease(c, &agent, &caps, max, lease_ms, steal_after, now).await?;
                     let mut resources: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();

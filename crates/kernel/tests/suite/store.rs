@@ -38,8 +38,17 @@ fn typed(row: &sqlx::any::AnyRow) -> Typed {
 }
 
 async fn open(b: Backend, dir: &std::path::Path) -> (Store, String) {
+    open_lingering(b, dir, Options::new("").linger).await
+}
+
+/// A store whose batches wait up to `linger` for announced followers.
+async fn open_lingering(b: Backend, dir: &std::path::Path, linger: std::time::Duration) -> (Store, String) {
     let url = strata_store::testing::fresh_url(b, dir).await.unwrap();
-    (Store::open(Options::new(&url), &[SCRATCH]).await.unwrap(), url)
+    let opts = Options {
+        linger,
+        ..Options::new(&url)
+    };
+    (Store::open(opts, &[SCRATCH]).await.unwrap(), url)
 }
 
 async fn insert(store: &Store, k: String, v: i64) -> Result<(), strata_store::Error> {
@@ -331,6 +340,93 @@ async fn the_writers_connection_reads_and_writes_every_type_as_the_pool_does(b: 
     );
 }
 
+/// Inserts `k` in the writer, dropping `follower` first (the write it announced has come).
+async fn insert_following(
+    store: &Store,
+    k: &str,
+    follower: Option<strata_store::Follower>,
+) -> Result<(), strata_store::Error> {
+    let k = k.to_string();
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                drop(follower);
+                sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, 0)")
+                    .bind(&k)
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+}
+
+async fn an_announced_follower_commits_in_its_announcers_batch(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    // A long linger, so a slow test machine cannot make the follower miss it.
+    let (store, _) = open_lingering(b, dir.path(), std::time::Duration::from_secs(10)).await;
+    let commits = store.commits();
+    for round in 0..5 {
+        // The first write announces a second, which is queued only once the
+        // first has run (as a woken lease is): both commit in one batch.
+        let (ran_tx, ran_rx) = tokio::sync::oneshot::channel();
+        let followers = store.followers().clone();
+        let before = *commits.borrow();
+        let first = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(move |c| {
+                        Box::pin(async move {
+                            let follower = followers.expect();
+                            sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, 1)")
+                                .bind(format!("lead-{round}"))
+                                .execute(&mut *c)
+                                .await?;
+                            let _ = ran_tx.send(follower);
+                            Ok::<_, strata_store::Error>(())
+                        })
+                    })
+                    .await
+            })
+        };
+        let follower = ran_rx.await.unwrap();
+        // Later than the writer would reach its commit on its own.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        insert_following(&store, &format!("follow-{round}"), Some(follower))
+            .await
+            .unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(
+            *commits.borrow() - before,
+            1,
+            "round {round}: the announced write committed in a batch of its own"
+        );
+    }
+}
+
+async fn a_follower_that_never_comes_delays_a_commit_only_briefly(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_lingering(b, dir.path(), std::time::Duration::from_millis(50)).await;
+    // An announcement held for a long time (its write never queued) must not
+    // hold the announcing write's acknowledgement for longer than the linger.
+    let held = store.followers().expect();
+    let started = std::time::Instant::now();
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        insert_following(&store, "alone", None),
+    )
+    .await;
+    assert!(
+        matches!(done, Ok(Ok(()))),
+        "a write waited on an announced follower for {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    // Nothing is announced any more: writes go on at once.
+    insert_following(&store, "after", None).await.unwrap();
+}
+
 async fn the_kernel_store_opens_on_this_backend(b: Backend) {
     let h = Harness::new(b).await;
     h.store().ping().await.unwrap();
@@ -346,5 +442,7 @@ crate::on_both_backends!(
     a_failed_migration_leaves_no_partial_schema,
     a_panicking_write_is_rolled_back_and_the_writer_keeps_going,
     the_writers_connection_reads_and_writes_every_type_as_the_pool_does,
+    an_announced_follower_commits_in_its_announcers_batch,
+    a_follower_that_never_comes_delays_a_commit_only_briefly,
     the_kernel_store_opens_on_this_backend,
 );
