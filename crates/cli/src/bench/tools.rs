@@ -94,7 +94,7 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         .await?;
 
     let direct = Arc::new(direct_client(&script).await?);
-    let via_mcp = Arc::new(mcp_client(&target.url, &token).await?);
+    let via_mcp = Arc::new(mcp_client(&target.url, &token, conc).await?);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(conc)
         .timeout(Duration::from_secs(30))
@@ -215,11 +215,19 @@ async fn direct_client(script: &str) -> anyhow::Result<Mcp> {
 
 /// A client of Strata's `/mcp` in the 2026-07-28 (stateless) lifecycle: each
 /// call is a request of its own, as it is over stdio.
-async fn mcp_client(url: &str, token: &str) -> anyhow::Result<Mcp> {
+///
+/// Its HTTP client keeps connections open between calls, as the Python SDK's
+/// (httpx) does. The Rust SDK's default transport opens a new connection per
+/// call, which would measure TCP set-up (both ends) rather than the gateway.
+async fn mcp_client(url: &str, token: &str, conc: usize) -> anyhow::Result<Mcp> {
     use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
     let config =
         StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp")).auth_header(token.to_string());
-    let transport = StreamableHttpClientTransport::from_config(config);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(conc)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let transport = StreamableHttpClientTransport::with_client(http, config);
     let lifecycle = ClientLifecycleMode::Discover {
         preferred_versions: vec![rmcp::model::ProtocolVersion::LATEST],
     };
