@@ -180,7 +180,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                init_logs(args.log_json, "info,sqlx=warn");
+                // rmcp logs every stateless MCP request (and every upstream
+                // session) at info, with the peer's whole capabilities.
+                init_logs(args.log_json, "info,sqlx=warn,rmcp=warn");
                 server::serve(args).await
             }
             Command::Demo(args) => {
