@@ -5,6 +5,11 @@
 //! is timed beside them. The three run in interleaved rounds so that drift on a
 //! shared machine hits each alike; every reply is checked to be the echo.
 //!
+//! Beside each path's latency it prints the CPU time its calls took, per call:
+//! this process (the client and, unless `--url`, the server with its writer)
+//! and its child processes (the `node` upstreams), read from `/proc`. On two
+//! cores with 8 calls in flight, that is what the latency mostly follows.
+//!
 //! The in-process server is started with the gateway's per-agent and per-tool
 //! rate limits raised out of the way; against `--url` the server's own limits
 //! apply (start it with `--tool-agent-rate` and `--tool-rate` high enough).
@@ -115,15 +120,19 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         measure(caller, 100.min(args.calls), conc).await?;
     }
     let mut lat: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
+    let mut cpu = vec![0u64; paths.len()];
     for round in 0..ROUNDS {
         let n = args.calls / ROUNDS + usize::from(round < args.calls % ROUNDS);
         for (i, (_, caller)) in paths.iter().enumerate() {
+            let before = cpu_us();
             lat[i].extend(measure(caller, n, conc).await?);
+            cpu[i] += cpu_us().saturating_sub(before);
         }
     }
     for l in &mut lat {
         l.sort_unstable();
     }
+    let cpu_per_call = |i: usize| cpu[i] / lat[i].len().max(1) as u64;
     let logged = admin
         .get(&format!("/v1/tool-calls?tool={CONNECTION}.echo&limit=1"))
         .await?;
@@ -137,7 +146,8 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         for (i, (label, _)) in paths.iter().enumerate() {
             out.insert(
                 label.to_string(),
-                json!({"calls": lat[i].len(), "p50_ms": p(i, 0.5), "p99_ms": p(i, 0.99)}),
+                json!({"calls": lat[i].len(), "p50_ms": p(i, 0.5), "p99_ms": p(i, 0.99),
+                    "cpu_us_per_call": cpu_per_call(i)}),
             );
         }
         out.insert(
@@ -151,13 +161,17 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         out.insert("concurrency".into(), json!(conc));
         println!("{}", Value::Object(out));
     } else {
-        println!("{:<22} {:>7} {:>10} {:>10}", "", "calls", "p50 ms", "p99 ms");
+        println!(
+            "{:<22} {:>7} {:>10} {:>10} {:>14}",
+            "", "calls", "p50 ms", "p99 ms", "CPU µs/call"
+        );
         for (i, (label, _)) in paths.iter().enumerate() {
             println!(
-                "{label:<22} {:>7} {:>10.3} {:>10.3}",
+                "{label:<22} {:>7} {:>10.3} {:>10.3} {:>14}",
                 lat[i].len(),
                 p(i, 0.5),
-                p(i, 0.99)
+                p(i, 0.99),
+                cpu_per_call(i)
             );
         }
         println!(
@@ -178,6 +192,32 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
     direct.cancellation_token().cancel();
     via_mcp.cancellation_token().cancel();
     Ok(ExitCode::SUCCESS)
+}
+
+/// CPU time used so far by this process and its live children, in µs (0 where
+/// `/proc` cannot be read).
+fn cpu_us() -> u64 {
+    // utime and stime, the 14th and 15th fields, in USER_HZ ticks (100 per second).
+    let ticks = |pid: &str| -> u64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0;
+        };
+        // The command name (field 2) may hold spaces; fields resume after its ')'.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        rest.split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum()
+    };
+    let mut total = ticks("self");
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            total += children.split_whitespace().map(ticks).sum::<u64>();
+        }
+    }
+    total * 10_000
 }
 
 fn everything(given: Option<PathBuf>) -> anyhow::Result<String> {
