@@ -84,7 +84,6 @@ pub struct Waiting {
     dispatcher: Dispatcher,
     id: u64,
     wake: Arc<Notify>,
-    follower: Mutex<Option<Follower>>,
 }
 
 impl Waiting {
@@ -93,23 +92,25 @@ impl Waiting {
     pub async fn woken(&self, timeout: Duration) -> Option<Wake> {
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
         let id = self.id;
-        let (wake, follower) = self.dispatcher.with(|i| {
+        self.dispatcher.with(|i| {
             i.waiters
                 .iter_mut()
                 .find(|w| w.id == id)
-                .map_or((None, None), |w| (w.woken.take(), w.follower.take()))
-        });
-        if follower.is_some() {
-            *self.follower.lock().unwrap_or_else(|p| p.into_inner()) = follower;
-        }
-        wake
+                .and_then(|w| w.woken.take())
+        })
     }
 
     /// The store's expectation of this waiter's lease write, after a
     /// [`Wake::Lease`]: move it into that write and drop it when the write runs
     /// (dropping it sooner only ends the writer's wait for it).
     pub fn follower(&self) -> Option<Follower> {
-        self.follower.lock().unwrap_or_else(|p| p.into_inner()).take()
+        let id = self.id;
+        self.dispatcher.with(|i| {
+            i.waiters
+                .iter_mut()
+                .find(|w| w.id == id)
+                .and_then(|w| w.follower.take())
+        })
     }
 }
 
@@ -154,7 +155,6 @@ impl Dispatcher {
             dispatcher: self.clone(),
             id,
             wake,
-            follower: Mutex::new(None),
         }
     }
 

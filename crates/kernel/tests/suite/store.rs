@@ -52,9 +52,20 @@ async fn open_lingering(b: Backend, dir: &std::path::Path, linger: std::time::Du
 }
 
 async fn insert(store: &Store, k: String, v: i64) -> Result<(), strata_store::Error> {
+    insert_following(store, k, v, None).await
+}
+
+/// Inserts `k` in the writer, dropping `follower` first (the write it announced has come).
+async fn insert_following(
+    store: &Store,
+    k: String,
+    v: i64,
+    follower: Option<strata_store::Follower>,
+) -> Result<(), strata_store::Error> {
     store
         .write(move |c| {
             Box::pin(async move {
+                drop(follower);
                 sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, $2)")
                     .bind(&k)
                     .bind(v)
@@ -340,27 +351,6 @@ async fn the_writers_connection_reads_and_writes_every_type_as_the_pool_does(b: 
     );
 }
 
-/// Inserts `k` in the writer, dropping `follower` first (the write it announced has come).
-async fn insert_following(
-    store: &Store,
-    k: &str,
-    follower: Option<strata_store::Follower>,
-) -> Result<(), strata_store::Error> {
-    let k = k.to_string();
-    store
-        .write(move |c| {
-            Box::pin(async move {
-                drop(follower);
-                sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, 0)")
-                    .bind(&k)
-                    .execute(&mut *c)
-                    .await?;
-                Ok(())
-            })
-        })
-        .await
-}
-
 async fn an_announced_follower_commits_in_its_announcers_batch(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     // A long linger, so a slow test machine cannot make the follower miss it.
@@ -393,7 +383,7 @@ async fn an_announced_follower_commits_in_its_announcers_batch(b: Backend) {
         let follower = ran_rx.await.unwrap();
         // Later than the writer would reach its commit on its own.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        insert_following(&store, &format!("follow-{round}"), Some(follower))
+        insert_following(&store, format!("follow-{round}"), 0, Some(follower))
             .await
             .unwrap();
         first.await.unwrap().unwrap();
@@ -414,7 +404,7 @@ async fn a_follower_that_never_comes_delays_a_commit_only_briefly(b: Backend) {
     let started = std::time::Instant::now();
     let done = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        insert_following(&store, "alone", None),
+        insert_following(&store, "alone".into(), 0, None),
     )
     .await;
     assert!(
@@ -424,7 +414,7 @@ async fn a_follower_that_never_comes_delays_a_commit_only_briefly(b: Backend) {
     );
     drop(held);
     // Nothing is announced any more: writes go on at once.
-    insert_following(&store, "after", None).await.unwrap();
+    insert_following(&store, "after".into(), 0, None).await.unwrap();
 }
 
 async fn the_kernel_store_opens_on_this_backend(b: Backend) {
