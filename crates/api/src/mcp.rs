@@ -48,6 +48,8 @@ use strata_kernel::{Kernel, Request as Call};
 
 use crate::problem::{problem_body, problem_response};
 
+mod stateless;
+
 /// Browser origins always allowed: pages served from this machine.
 const LOOPBACK_ORIGINS: [&str; 6] = [
     "http://localhost:*",
@@ -78,6 +80,7 @@ struct Handler {
     kernel: Kernel,
     syscalls: Arc<Vec<SyscallTool>>,
     shutdown: tokio_util::sync::CancellationToken,
+    max_body_bytes: usize,
 }
 
 /// The `/mcp` route; `shutdown` ends its open streams when the server stops.
@@ -89,6 +92,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
         syscalls: Arc::new(derive_tools(&kernel)),
         kernel: kernel.clone(),
         shutdown: options.shutdown.clone(),
+        max_body_bytes: options.max_body_bytes,
     };
     let origins = LOOPBACK_ORIGINS
         .iter()
@@ -104,13 +108,16 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(
         .enforce_origin_validation()
         .with_max_request_body_bytes(options.max_body_bytes)
         .with_cancellation_token(options.shutdown.clone());
+    let fast = handler.clone();
     let service = StreamableHttpService::new(
         move || Ok(handler.clone()),
         Arc::new(LocalSessionManager::default()),
         config,
     );
+    // Layers run outside in: the token first, then the stateless fast path.
     Router::new()
         .route_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(fast, stateless::tools_call))
         .layer(middleware::from_fn_with_state(kernel, authenticate))
 }
 
@@ -190,6 +197,21 @@ fn tool_success(body: Value) -> CallToolResult {
 }
 
 impl Handler {
+    /// Calls tool `name`: a syscall, or else an upstream tool through `tool.call`.
+    async fn call(
+        &self,
+        caller: &Caller,
+        name: &str,
+        arguments: Value,
+        key: Option<String>,
+    ) -> Result<CallToolResult, McpError> {
+        if self.kernel.registry().get(name).is_some() {
+            Ok(self.call_syscall(caller, name, arguments, key).await)
+        } else {
+            self.call_upstream(caller, name, arguments, key).await
+        }
+    }
+
     async fn call_syscall(
         &self,
         caller: &Caller,
@@ -369,12 +391,7 @@ impl rmcp::ServerHandler for Handler {
         let key = idempotency_key(&request, &cx);
         let arguments = Value::Object(request.arguments.unwrap_or_default());
         let name: Cow<'static, str> = request.name;
-        let result = if self.kernel.registry().get(&name).is_some() {
-            self.call_syscall(&caller, &name, arguments, key).await
-        } else {
-            self.call_upstream(&caller, &name, arguments, key).await?
-        };
-        Ok(result.into())
+        Ok(self.call(&caller, &name, arguments, key).await?.into())
     }
 }
 

@@ -11,6 +11,7 @@ mod api {
     mod events;
     mod fuzz;
     mod idempotency;
+    mod mcp;
     mod memories;
     mod ops;
     mod sandboxes;

@@ -45,8 +45,23 @@ pub(crate) struct ToolsArgs {
     /// crates/tools/tests/upstreams, looked up from the current folder).
     #[arg(long, env = "STRATA_BENCH_EVERYTHING")]
     everything: Option<PathBuf>,
+    /// Time only these paths (e.g. `--paths mcp` to profile the server on one
+    /// path); the added latency is printed when `direct` is among them.
+    #[arg(long, value_delimiter = ',', default_values = ["direct", "mcp", "rest"])]
+    paths: Vec<Path>,
     #[command(flatten)]
     target: TargetArgs,
+}
+
+/// A way of calling the tool that `--paths` names.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// server-everything over stdio, no Strata.
+    Direct,
+    /// Strata's `/mcp`.
+    Mcp,
+    /// `POST /v1/tools/{name}/call`.
+    Rest,
 }
 
 const SCRIPT: &str = "node_modules/@modelcontextprotocol/server-everything/dist/index.js";
@@ -107,14 +122,20 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
     let rest_url = Arc::new(format!("{}/v1/tools/{CONNECTION}.echo/call", target.url));
     let token = Arc::new(token);
 
-    let paths: [(&str, Caller); 3] = [
-        ("direct", Caller::Mcp(direct.clone(), "echo")),
-        ("strata /mcp", Caller::Mcp(via_mcp.clone(), "benchev.echo")),
+    let all = [
+        (Path::Direct, "direct", Caller::Mcp(direct.clone(), "echo")),
         (
-            "strata REST",
-            Caller::Rest(http.clone(), rest_url.clone(), token.clone()),
+            Path::Mcp,
+            "strata /mcp",
+            Caller::Mcp(via_mcp.clone(), "benchev.echo"),
         ),
+        (Path::Rest, "strata REST", Caller::Rest(http, rest_url, token)),
     ];
+    let paths: Vec<(&str, Caller)> = all
+        .into_iter()
+        .filter(|(path, _, _)| args.paths.contains(path))
+        .map(|(_, label, caller)| (label, caller))
+        .collect();
     // Warm up every path (upstream start, connection pools, caches).
     for (_, caller) in &paths {
         measure(caller, 100.min(args.calls), conc).await?;
@@ -133,14 +154,26 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         l.sort_unstable();
     }
     let cpu_per_call = |i: usize| cpu[i] / lat[i].len().max(1) as u64;
-    let logged = admin
-        .get(&format!("/v1/tool-calls?tool={CONNECTION}.echo&limit=1"))
-        .await?;
-    if logged["items"].as_array().is_none_or(Vec::is_empty) {
-        bail!("the gateway logged none of the calls");
+    if paths.iter().any(|(label, _)| *label != "direct") {
+        let logged = admin
+            .get(&format!("/v1/tool-calls?tool={CONNECTION}.echo&limit=1"))
+            .await?;
+        if logged["items"].as_array().is_none_or(Vec::is_empty) {
+            bail!("the gateway logged none of the calls");
+        }
     }
 
     let p = |i: usize, q: f64| quantile_ms(&lat[i], q);
+    // What each gateway path adds to the direct one, when both ran.
+    let direct_at = paths.iter().position(|(label, _)| *label == "direct");
+    let added: Vec<(&str, f64, f64)> = paths
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (label, _))| {
+            let d = direct_at.filter(|&d| d != i)?;
+            Some((*label, p(i, 0.5) - p(d, 0.5), p(i, 0.99) - p(d, 0.99)))
+        })
+        .collect();
     if args.target.json {
         let mut out = serde_json::Map::new();
         for (i, (label, _)) in paths.iter().enumerate() {
@@ -150,14 +183,14 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
                     "cpu_us_per_call": cpu_per_call(i)}),
             );
         }
-        out.insert(
-            "added_mcp".into(),
-            json!({"p50_ms": p(1, 0.5) - p(0, 0.5), "p99_ms": p(1, 0.99) - p(0, 0.99)}),
-        );
-        out.insert(
-            "added_rest".into(),
-            json!({"p50_ms": p(2, 0.5) - p(0, 0.5), "p99_ms": p(2, 0.99) - p(0, 0.99)}),
-        );
+        for (label, p50, p99) in &added {
+            let key = if label.ends_with("/mcp") {
+                "added_mcp"
+            } else {
+                "added_rest"
+            };
+            out.insert(key.into(), json!({"p50_ms": p50, "p99_ms": p99}));
+        }
         out.insert("concurrency".into(), json!(conc));
         println!("{}", Value::Object(out));
     } else {
@@ -174,20 +207,19 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
                 cpu_per_call(i)
             );
         }
-        println!(
-            "{:<22} {:>7} {:>10.3} {:>10.3}   (targets: p50 <= 1 ms, p99 <= 5 ms)",
-            "added by /mcp",
-            "",
-            p(1, 0.5) - p(0, 0.5),
-            p(1, 0.99) - p(0, 0.99)
-        );
-        println!(
-            "{:<22} {:>7} {:>10.3} {:>10.3}",
-            "added by REST",
-            "",
-            p(2, 0.5) - p(0, 0.5),
-            p(2, 0.99) - p(0, 0.99)
-        );
+        for (label, p50, p99) in &added {
+            let what = label.trim_start_matches("strata ");
+            let targets = if what == "/mcp" {
+                "   (targets: p50 <= 1 ms, p99 <= 5 ms)"
+            } else {
+                ""
+            };
+            println!(
+                "{:<22} {:>7} {p50:>10.3} {p99:>10.3}{targets}",
+                format!("added by {what}"),
+                ""
+            );
+        }
     }
     direct.cancellation_token().cancel();
     via_mcp.cancellation_token().cancel();
