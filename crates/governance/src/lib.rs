@@ -33,6 +33,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: INSTANCES,
         postgres: INSTANCES,
     },
+    Migration {
+        layer: "governance",
+        version: 3,
+        name: "fewer index pages per write: only pending intents indexed; the audit's seq is SQLite's rowid",
+        sqlite: LEANER_SQLITE,
+        postgres: LEANER_POSTGRES,
+    },
 ];
 
 const INSTANCES: &str = "
@@ -41,6 +48,37 @@ CREATE TABLE gov_instances (
     id TEXT PRIMARY KEY,
     expires_at BIGINT NOT NULL
 );
+";
+
+/// Every write touches the last page of each index it changes, and each such
+/// page is another frame in the commit's WAL write: a finished intent leaves
+/// the pending index rather than moving to a "done" corner of it, and the
+/// audit's `seq` (a plain `BIGINT PRIMARY KEY` on SQLite, so a second B-tree)
+/// becomes the table's own key.
+const LEANER_POSTGRES: &str = "
+DROP INDEX gov_intents_pending;
+CREATE INDEX gov_intents_pending ON gov_intents (created_at) WHERE state = 'pending';
+";
+
+const LEANER_SQLITE: &str = "
+DROP INDEX gov_intents_pending;
+CREATE INDEX gov_intents_pending ON gov_intents (created_at) WHERE state = 'pending';
+CREATE TABLE gov_audit_v3 (
+    seq INTEGER PRIMARY KEY,
+    at BIGINT NOT NULL,
+    principal TEXT NOT NULL,
+    syscall TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    request_digest TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT INTO gov_audit_v3 SELECT seq, at, principal, syscall, resource, intent_id, outcome, status, request_digest, prev_hash, hash FROM gov_audit;
+DROP TABLE gov_audit;
+ALTER TABLE gov_audit_v3 RENAME TO gov_audit;
 ";
 
 const SCHEMA: &str = "

@@ -119,14 +119,28 @@ async fn apply_all(conn: &mut sqlx::AnyConnection, backend: Backend, sets: &[&[M
 }
 
 /// The store's own tables.
-pub(crate) const STORE: &[Migration] = &[Migration {
-    layer: "store",
-    version: 1,
-    name: "event log",
-    sqlite: "CREATE TABLE store_events (
+pub(crate) const STORE: &[Migration] = &[
+    Migration {
+        layer: "store",
+        version: 1,
+        name: "event log",
+        sqlite: "CREATE TABLE store_events (
         seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, kind TEXT NOT NULL,
         subject TEXT NOT NULL, data TEXT NOT NULL)",
-    postgres: "CREATE TABLE store_events (
+        postgres: "CREATE TABLE store_events (
         seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, kind TEXT NOT NULL,
         subject TEXT NOT NULL, data TEXT NOT NULL)",
-}];
+    },
+    Migration {
+        layer: "store",
+        version: 2,
+        name: "the event's seq is SQLite's rowid (one B-tree, not two)",
+        sqlite: "CREATE TABLE store_events_v2 (
+            seq INTEGER PRIMARY KEY, at BIGINT NOT NULL, kind TEXT NOT NULL,
+            subject TEXT NOT NULL, data TEXT NOT NULL);
+            INSERT INTO store_events_v2 SELECT seq, at, kind, subject, data FROM store_events;
+            DROP TABLE store_events;
+            ALTER TABLE store_events_v2 RENAME TO store_events",
+        postgres: "SELECT 1",
+    },
+];

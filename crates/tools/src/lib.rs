@@ -280,6 +280,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: store::OUTPUT_SCHEMA,
         postgres: store::OUTPUT_SCHEMA,
     },
+    Migration {
+        layer: "tools",
+        version: 3,
+        name: "fewer index pages per logged call",
+        sqlite: store::LEANER_CALLS_SQLITE,
+        postgres: store::LEANER_CALLS_POSTGRES,
+    },
 ];
 
 fn db(e: sqlx::Error) -> strata_core::Error {

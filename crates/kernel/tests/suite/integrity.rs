@@ -157,7 +157,93 @@ async fn events_are_dense_ordered_and_match_committed_changes(b: Backend) {
     assert_eq!(rest["items"][0]["seq"], 4);
 }
 
+/// A store made before the leaner-index migrations (governance 3, tools 3)
+/// keeps its audit chain, events and call log when they run, and goes on.
+async fn the_leaner_index_migrations_keep_what_an_older_store_holds(b: Backend) {
+    use strata_kernel::{Config, Kernel};
+    use strata_store::{Options, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let url = strata_store::testing::fresh_url(b, dir.path()).await.unwrap();
+    let before: Vec<&[strata_store::Migration]> = strata_kernel::MIGRATIONS
+        .iter()
+        .map(|set| match set.first().map(|m| m.layer) {
+            Some("governance") | Some("tools") => &set[..2],
+            _ => *set,
+        })
+        .collect();
+    let key = strata_core::MasterKey::generate();
+    let open = |migrations: Vec<&'static [strata_store::Migration]>| {
+        let (url, key) = (url.clone(), key.clone());
+        async move {
+            let store = Store::open(Options::new(&url), &migrations).await.unwrap();
+            Kernel::new(store, Config::new(key)).await.unwrap()
+        }
+    };
+    let old = open(before).await;
+    let mut admin = String::new();
+    old.bootstrap_admin_token(|t| {
+        admin = t.to_string();
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let create = |k: Kernel, name: String, token: String| async move {
+        let req = strata_kernel::Request {
+            syscall: "agent.create".into(),
+            token: Some(token),
+            input: json!({"name": name}),
+            idempotency_key: None,
+        };
+        k.call(req).await.unwrap();
+    };
+    for i in 0..5 {
+        create(old.clone(), format!("old-{i}"), admin.clone()).await;
+    }
+    sqlx::query(
+        "INSERT INTO tl_calls (id, at, agent, task, tool, arguments_digest, status, error, attempts, \
+         latency_us, request_bytes, response_bytes, cost_key) \
+         VALUES ('tcl_1', 1, 'agt_x', NULL, 'ev.echo', 'd', 'ok', NULL, 1, 10, 2, 3, 'tool:ev.echo')",
+    )
+    .execute(old.store().pool())
+    .await
+    .unwrap();
+    let events: i64 = sqlx::query("SELECT COUNT(*) FROM store_events")
+        .fetch_one(old.store().pool())
+        .await
+        .unwrap()
+        .get(0);
+    old.store().close().await;
+    drop(old);
+
+    let new = open(strata_kernel::MIGRATIONS.to_vec()).await;
+    let v = strata_governance::audit::verify(new.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&v).unwrap(),
+        json!({"ok": true, "entries": 6})
+    );
+    let pool = new.store().pool();
+    let count =
+        |sql: &'static str| async move { sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0) };
+    assert_eq!(count("SELECT COUNT(*) FROM store_events").await, events);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tl_calls WHERE tool = 'ev.echo'").await,
+        1
+    );
+    create(new.clone(), "new-0".into(), admin.clone()).await;
+    let v = strata_governance::audit::verify(new.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&v).unwrap(),
+        json!({"ok": true, "entries": 7})
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM store_events").await, events + 1);
+}
+
 crate::on_both_backends!(
+    the_leaner_index_migrations_keep_what_an_older_store_holds,
     concurrent_writes_chain_into_one_verifiable_audit_log,
     altering_removing_or_reordering_an_audit_row_is_detected,
     truncating_the_end_of_the_chain_is_detected,
