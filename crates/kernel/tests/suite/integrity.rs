@@ -157,6 +157,12 @@ async fn events_are_dense_ordered_and_match_committed_changes(b: Backend) {
     assert_eq!(rest["items"][0]["seq"], 4);
 }
 
+/// What verifying the audit chain of `k`'s store says.
+async fn chain(k: &strata_kernel::Kernel) -> serde_json::Value {
+    let v = strata_governance::audit::verify(k.store().pool()).await.unwrap();
+    serde_json::to_value(&v).unwrap()
+}
+
 /// A store made before the leaner-index migrations (governance 3, tools 3)
 /// keeps its audit chain, events and call log when they run, and goes on.
 async fn the_leaner_index_migrations_keep_what_an_older_store_holds(b: Backend) {
@@ -216,13 +222,7 @@ async fn the_leaner_index_migrations_keep_what_an_older_store_holds(b: Backend) 
     drop(old);
 
     let new = open(strata_kernel::MIGRATIONS.to_vec()).await;
-    let v = strata_governance::audit::verify(new.store().pool())
-        .await
-        .unwrap();
-    assert_eq!(
-        serde_json::to_value(&v).unwrap(),
-        json!({"ok": true, "entries": 6})
-    );
+    assert_eq!(chain(&new).await, json!({"ok": true, "entries": 6}));
     let pool = new.store().pool();
     let count =
         |sql: &'static str| async move { sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0) };
@@ -232,13 +232,7 @@ async fn the_leaner_index_migrations_keep_what_an_older_store_holds(b: Backend) 
         1
     );
     create(new.clone(), "new-0".into(), admin.clone()).await;
-    let v = strata_governance::audit::verify(new.store().pool())
-        .await
-        .unwrap();
-    assert_eq!(
-        serde_json::to_value(&v).unwrap(),
-        json!({"ok": true, "entries": 7})
-    );
+    assert_eq!(chain(&new).await, json!({"ok": true, "entries": 7}));
     assert_eq!(count("SELECT COUNT(*) FROM store_events").await, events + 1);
 }
 
