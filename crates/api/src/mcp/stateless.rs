@@ -25,7 +25,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
@@ -70,8 +70,14 @@ pub(super) async fn tools_call(State(handler): State<Handler>, req: Request, nex
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        // Shorter than its Content-Length, or a broken connection: nothing to answer.
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        // Shorter than its Content-Length, or a broken connection.
+        Err(e) => {
+            let e = strata_core::Error::new(
+                strata_core::ErrorCode::InvalidRequest,
+                format!("the request body could not be read: {e}"),
+            );
+            return crate::problem::problem_response(&e);
+        }
     };
     let message = serde_json::from_slice::<Message>(&bytes)
         .ok()
