@@ -91,26 +91,21 @@ impl Waiting {
     /// armed again for the next wake-up.
     pub async fn woken(&self, timeout: Duration) -> Option<Wake> {
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
-        let id = self.id;
-        self.dispatcher.with(|i| {
-            i.waiters
-                .iter_mut()
-                .find(|w| w.id == id)
-                .and_then(|w| w.woken.take())
-        })
+        self.take(|w| w.woken.take())
     }
 
     /// The store's expectation of this waiter's lease write, after a
     /// [`Wake::Lease`]: move it into that write and drop it when the write runs
     /// (dropping it sooner only ends the writer's wait for it).
     pub fn follower(&self) -> Option<Follower> {
+        self.take(|w| w.follower.take())
+    }
+
+    /// Takes something out of this waiter's entry in the dispatcher.
+    fn take<T>(&self, f: impl FnOnce(&mut Waiter) -> Option<T>) -> Option<T> {
         let id = self.id;
-        self.dispatcher.with(|i| {
-            i.waiters
-                .iter_mut()
-                .find(|w| w.id == id)
-                .and_then(|w| w.follower.take())
-        })
+        self.dispatcher
+            .with(|i| i.waiters.iter_mut().find(|w| w.id == id).and_then(f))
     }
 }
 
