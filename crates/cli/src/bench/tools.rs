@@ -131,20 +131,19 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         ),
         (Path::Rest, "strata REST", Caller::Rest(http, rest_url, token)),
     ];
-    let paths: Vec<(&str, Caller)> = all
+    let paths: Vec<(Path, &str, Caller)> = all
         .into_iter()
         .filter(|(path, _, _)| args.paths.contains(path))
-        .map(|(_, label, caller)| (label, caller))
         .collect();
     // Warm up every path (upstream start, connection pools, caches).
-    for (_, caller) in &paths {
+    for (_, _, caller) in &paths {
         measure(caller, 100.min(args.calls), conc).await?;
     }
     let mut lat: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
     let mut cpu = vec![0u64; paths.len()];
     for round in 0..ROUNDS {
         let n = args.calls / ROUNDS + usize::from(round < args.calls % ROUNDS);
-        for (i, (_, caller)) in paths.iter().enumerate() {
+        for (i, (_, _, caller)) in paths.iter().enumerate() {
             let before = cpu_us();
             lat[i].extend(measure(caller, n, conc).await?);
             cpu[i] += cpu_us().saturating_sub(before);
@@ -154,7 +153,7 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         l.sort_unstable();
     }
     let cpu_per_call = |i: usize| cpu[i] / lat[i].len().max(1) as u64;
-    if paths.iter().any(|(label, _)| *label != "direct") {
+    if paths.iter().any(|(path, _, _)| *path != Path::Direct) {
         let logged = admin
             .get(&format!("/v1/tool-calls?tool={CONNECTION}.echo&limit=1"))
             .await?;
@@ -165,26 +164,26 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
 
     let p = |i: usize, q: f64| quantile_ms(&lat[i], q);
     // What each gateway path adds to the direct one, when both ran.
-    let direct_at = paths.iter().position(|(label, _)| *label == "direct");
-    let added: Vec<(&str, f64, f64)> = paths
+    let direct_at = paths.iter().position(|(path, _, _)| *path == Path::Direct);
+    let added: Vec<(Path, f64, f64)> = paths
         .iter()
         .enumerate()
-        .filter_map(|(i, (label, _))| {
+        .filter_map(|(i, (path, _, _))| {
             let d = direct_at.filter(|&d| d != i)?;
-            Some((*label, p(i, 0.5) - p(d, 0.5), p(i, 0.99) - p(d, 0.99)))
+            Some((*path, p(i, 0.5) - p(d, 0.5), p(i, 0.99) - p(d, 0.99)))
         })
         .collect();
     if args.target.json {
         let mut out = serde_json::Map::new();
-        for (i, (label, _)) in paths.iter().enumerate() {
+        for (i, (_, label, _)) in paths.iter().enumerate() {
             out.insert(
                 label.to_string(),
                 json!({"calls": lat[i].len(), "p50_ms": p(i, 0.5), "p99_ms": p(i, 0.99),
                     "cpu_us_per_call": cpu_per_call(i)}),
             );
         }
-        for (label, p50, p99) in &added {
-            let key = if label.ends_with("/mcp") {
+        for (path, p50, p99) in &added {
+            let key = if *path == Path::Mcp {
                 "added_mcp"
             } else {
                 "added_rest"
@@ -198,7 +197,7 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
             "{:<22} {:>7} {:>10} {:>10} {:>14}",
             "", "calls", "p50 ms", "p99 ms", "CPU µs/call"
         );
-        for (i, (label, _)) in paths.iter().enumerate() {
+        for (i, (_, label, _)) in paths.iter().enumerate() {
             println!(
                 "{label:<22} {:>7} {:>10.3} {:>10.3} {:>14}",
                 lat[i].len(),
@@ -207,12 +206,11 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
                 cpu_per_call(i)
             );
         }
-        for (label, p50, p99) in &added {
-            let what = label.trim_start_matches("strata ");
-            let targets = if what == "/mcp" {
-                "   (targets: p50 <= 1 ms, p99 <= 5 ms)"
+        for (path, p50, p99) in &added {
+            let (what, targets) = if *path == Path::Mcp {
+                ("/mcp", "   (targets: p50 <= 1 ms, p99 <= 5 ms)")
             } else {
-                ""
+                ("REST", "")
             };
             println!(
                 "{:<22} {:>7} {p50:>10.3} {p99:>10.3}{targets}",
