@@ -14,7 +14,7 @@
 //! **It takes a request only if all of this holds**, and otherwise the SDK
 //! answers it (and any error in it) exactly as before: `POST`; no
 //! `Mcp-Session-Id` and no `Origin`; a `Host`; `MCP-Protocol-Version: 2026-07-28`;
-//! `Accept` names `application/json` and `text/event-stream`; `Content-Type`
+//! `Accept` names `application/json` and `text/event-stream`, without parameters; `Content-Type`
 //! is `application/json`; a `Content-Length` within the body limit;
 //! `Mcp-Method: tools/call` and `Mcp-Name` equal to the tool called, with no
 //! `Mcp-Param-*` headers; a body with only `jsonrpc: "2.0"`, an `id`, the
@@ -125,18 +125,15 @@ fn eligible(method: &Method, headers: &HeaderMap, max_body: usize) -> Option<usi
     {
         return None;
     }
-    let essence = |v: &str| {
-        v.split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase()
-    };
-    let accepts = text(header::ACCEPT.as_str())?;
-    let accepted: Vec<String> = accepts.split(',').map(essence).collect();
-    if !accepted.iter().any(|a| a == "application/json")
-        || !accepted.iter().any(|a| a == "text/event-stream")
-        || essence(text(header::CONTENT_TYPE.as_str())?) != "application/json"
+    // Accept entries with parameters (a weight of 0 refuses a type) are left
+    // to the SDK, which weighs them.
+    let accept = text(header::ACCEPT.as_str())?;
+    let accepts = |media: &str| accept.split(',').any(|a| a.trim().eq_ignore_ascii_case(media));
+    let content_type = text(header::CONTENT_TYPE.as_str())?;
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !accepts("application/json")
+        || !accepts("text/event-stream")
+        || !essence.eq_ignore_ascii_case("application/json")
     {
         return None;
     }
@@ -197,6 +194,8 @@ mod tests {
         assert_eq!(with(("mcp-method", "tools/list")), None);
         assert_eq!(with(("mcp-param-path", "x")), None);
         assert_eq!(with(("accept", "application/json")), None);
+        assert_eq!(with(("accept", "application/json;q=0, text/event-stream")), None);
+        assert_eq!(with(("accept", "Application/JSON, text/event-stream")), Some(300));
         assert_eq!(with(("content-type", "text/plain")), None);
         assert_eq!(
             with(("content-type", "application/json; charset=utf-8")),
