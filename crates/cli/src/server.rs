@@ -130,7 +130,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("server failed")?;
     running.kernel.stop_fleet().await;
-    // Stops the tool upstreams' processes and writes the last call-log rows.
+    // Stops the tool upstreams' processes and waits for the last call-log rows.
     running.kernel.tools().shutdown().await;
     // Stops the running sandboxes, saving their workspaces.
     if let Ok(compute) = running.kernel.compute()

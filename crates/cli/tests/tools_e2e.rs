@@ -185,3 +185,126 @@ async fn a_tool_call_cut_off_by_kill_9_is_marked_interrupted_and_audited_after_r
     // The cut-off call itself never got an outcome entry of its own.
     assert!(!audit.iter().any(|e| e["syscall"] == "tool.call"), "{audit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_tool_calls_loses_no_answered_calls_log_row() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use reqwest::Method;
+    use serde_json::json;
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let data = tmp.path().join("data");
+    // The gateway's rate limits raised out of the way: as many calls as the
+    // machine can carry are in flight when the kill lands.
+    let mut serve = support::strata();
+    serve.args(["serve", "--tool-agent-rate", "1000000", "--tool-rate", "1000000"]);
+    let mut server = Server::try_start_with(&data, serve)
+        .unwrap_or_else(|r| panic!("strata serve exited ({:?}):\n{}", r.status, r.stderr));
+    let http = support::http();
+    let conn = json!({"name": "ev", "upstream": {"kind": "mcp_stdio", "command": "node",
+        "args": [everything_script(), "stdio"]}});
+    let (status, body) = support::call(
+        &http,
+        Method::POST,
+        &format!("{}/v1/connections", server.url),
+        &server.admin_token,
+        Some(&conn),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Eight clients call `echo` until the server is killed under them; a call
+    // counts as answered only once its whole 200 body has arrived.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (url, token, stop, http) = (
+            format!("{}/v1/tools/ev.echo/call", server.url),
+            server.admin_token.clone(),
+            stop.clone(),
+            http.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let (mut answered, mut refused, mut unreachable) = (Vec::new(), Vec::new(), 0);
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let body = json!({"arguments": {"message": format!("c{c}-{i}")}});
+                let Ok(resp) = http.post(&url).bearer_auth(&token).json(&body).send().await else {
+                    unreachable += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let status = resp.status().as_u16();
+                match resp.json::<serde_json::Value>().await {
+                    // Over the gateway's default call rate: wait as told.
+                    Ok(v) if status == 429 => {
+                        let ms = v["retry_after_ms"].as_u64().unwrap_or(10);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Ok(v) if status == 200 => answered.push(
+                        v["call_id"]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("200 without a call_id: {v}"))
+                            .to_string(),
+                    ),
+                    Ok(v) => refused.push(format!("{status} {v}")),
+                    Err(_) => {} // cut off by the kill: not answered
+                }
+            }
+            (answered, refused, unreachable)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut answered, mut refused, mut unreachable) = (Vec::new(), Vec::new(), 0);
+    for c in clients {
+        let (a, r, u) = tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("clients stop within 60 s")
+            .expect("client task");
+        answered.extend(a);
+        refused.extend(r);
+        unreachable += u;
+    }
+    println!("tool calls answered before SIGKILL: {}", answered.len());
+    assert!(!answered.is_empty(), "no call was answered in 2 s");
+    assert!(
+        refused.is_empty(),
+        "{} calls refused before the kill, e.g. {:?}",
+        refused.len(),
+        &refused[..refused.len().min(3)]
+    );
+    assert!(unreachable > 0, "the clients had stopped calling before the kill");
+
+    let server = Server::start(&data);
+    let mut logged = std::collections::HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/tool-calls?tool=ev.echo&limit=500", server.url);
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let (status, page) = support::call(&http, Method::GET, &url, &server.admin_token, None).await;
+        assert_eq!(status, 200, "{page}");
+        for row in page["items"].as_array().expect("items") {
+            logged.insert(row["id"].as_str().expect("id").to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    let missing: Vec<&String> = answered.iter().filter(|id| !logged.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered calls are missing from the call log after the kill: {:?}",
+        missing.len(),
+        answered.len(),
+        &missing[..missing.len().min(5)]
+    );
+}

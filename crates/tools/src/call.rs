@@ -9,8 +9,10 @@
 //! only if the tool is idempotent → every secret value used **scrubbed** from
 //! the result and from any error → one **log row**.
 //!
-//! Log rows are written by a background writer in batches, so logging does not
-//! add a commit to each call's latency; [`Tools::flush_log`] waits for them.
+//! A call's log row is queued to the store's writer as the call ends, and not
+//! waited for: the kernel's outcome write for the same call is queued after it,
+//! and the store commits writes in queue order, so the row is durable before
+//! the call is answered without a commit of its own on the call's path.
 //! The arguments are logged only as a SHA-256 digest of their canonical JSON,
 //! taken after secret values are redacted.
 
@@ -21,8 +23,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use strata_core::{Error, ErrorCode, Id, time::rfc3339};
-use strata_store::Store;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::Entry;
 use crate::connection::{Conn, Retry, Upstream, fault_error};
@@ -251,7 +251,7 @@ impl Tools {
             response_bytes: response_bytes as u64,
             cost_key: format!("tool:{}", req.tool),
         };
-        self.inner.log.send(record, at).await;
+        store::queue_call(self.store(), record, at).await;
         match outcome {
             Ok(done) => {
                 let is_error = done.result.get("isError").and_then(Value::as_bool) == Some(true);
@@ -458,72 +458,23 @@ impl Tools {
         Ok(Page { items, next })
     }
 
-    /// Waits until every call made so far is in the log.
+    /// Waits until every call made so far is in the log. A call answered
+    /// through the kernel already is (its outcome write commits after its row);
+    /// this is for callers of [`Tools::call`] itself.
     pub async fn flush_log(&self) {
-        self.inner.log.flush().await;
+        let done = self
+            .store()
+            .write(|_| Box::pin(async { Ok::<(), strata_store::Error>(()) }))
+            .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "waiting for the call log failed");
+        }
     }
 }
 
 fn backoff(r: &Retry, attempt: u32) -> u64 {
     let base = r.backoff_ms.saturating_mul(1u64 << (attempt - 1).min(10));
     jitter(base.min(10_000))
-}
-
-enum LogMsg {
-    Row(Box<CallRecord>, i64),
-    Flush(oneshot::Sender<()>),
-}
-
-/// The background writer of the call log.
-pub(crate) struct LogWriter {
-    tx: mpsc::Sender<LogMsg>,
-}
-
-/// Rows per insert.
-const LOG_BATCH: usize = 128;
-
-impl LogWriter {
-    pub(crate) fn start(store: Store) -> LogWriter {
-        let (tx, mut rx) = mpsc::channel::<LogMsg>(8192);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut rows = Vec::new();
-                let mut waiting = Vec::new();
-                let mut next = Some(first);
-                while let Some(m) = next.take() {
-                    match m {
-                        LogMsg::Row(r, at) => rows.push((*r, at)),
-                        LogMsg::Flush(done) => waiting.push(done),
-                    }
-                    if rows.len() < LOG_BATCH {
-                        next = rx.try_recv().ok();
-                    }
-                }
-                if !rows.is_empty()
-                    && let Err(e) = store::insert_calls(&store, rows).await
-                {
-                    tracing::error!(code = %e.code, "the call log could not be written");
-                }
-                for w in waiting {
-                    let _ = w.send(());
-                }
-            }
-        });
-        LogWriter { tx }
-    }
-
-    async fn send(&self, r: CallRecord, at: i64) {
-        if self.tx.send(LogMsg::Row(Box::new(r), at)).await.is_err() {
-            tracing::error!("the call log writer has stopped");
-        }
-    }
-
-    pub(crate) async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(LogMsg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -158,13 +158,12 @@ struct Inner {
     breakers: breaker::Breakers,
     live: connection::Live,
     tokens: oauth::TokenCache,
-    log: call::LogWriter,
     resync: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Tools {
     /// The gateway over `store` (migrated with [`MIGRATIONS`]): loads the catalog
-    /// and the grants, and starts the call-log writer. Upstreams start on first use.
+    /// and the grants. Upstreams start on first use.
     pub async fn open(store: Store, config: Config) -> strata_core::Result<Tools> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -173,7 +172,6 @@ impl Tools {
             .map_err(strata_core::Error::internal)?;
         let catalog = catalog::Catalog::default();
         let grants = grant::Grants::default();
-        let log = call::LogWriter::start(store.clone());
         let (resync, resync_rx) = tokio::sync::mpsc::unbounded_channel();
         let tools = Tools {
             inner: Arc::new(Inner {
@@ -186,7 +184,6 @@ impl Tools {
                 breakers: breaker::Breakers::default(),
                 live: connection::Live::default(),
                 tokens: oauth::TokenCache::default(),
-                log,
                 resync,
             }),
         };
@@ -220,7 +217,7 @@ impl Tools {
     /// Stops every upstream process and waits until the call log is written.
     pub async fn shutdown(&self) {
         self.inner.live.stop_all().await;
-        self.inner.log.flush().await;
+        self.flush_log().await;
     }
 
     fn store(&self) -> &Store {

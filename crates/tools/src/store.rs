@@ -445,39 +445,43 @@ pub(crate) async fn delete_grant(store: &Store, id: String) -> Result<bool> {
 const CALL_COLUMNS: &str = "id, at, agent, task, tool, arguments_digest, status, error, attempts, \
                             latency_us, request_bytes, response_bytes, cost_key";
 
-pub(crate) async fn insert_calls(store: &Store, rows: Vec<(CallRecord, i64)>) -> Result<()> {
-    let backend = store.backend();
-    store
-        .write(move |c: &mut Tx| {
+/// Queues the insert of one call-log row and returns once it is queued (see
+/// the `call` module doc for why nobody waits for it). A failure is logged.
+pub(crate) async fn queue_call(store: &Store, r: CallRecord, at: i64) {
+    let id = r.id.clone();
+    let failed_id = id.clone();
+    let queued = store
+        .write_queued(move |c: &mut Tx| {
             Box::pin(async move {
-                let mut p = Params::new(backend);
-                let values: Vec<String> = rows.iter().map(|_| p.row(13)).collect();
                 let sql = format!(
-                    "INSERT INTO tl_calls ({CALL_COLUMNS}) VALUES {}",
-                    values.join(", ")
+                    "INSERT INTO tl_calls ({CALL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (r, at) in &rows {
-                    q = q
-                        .bind(&r.id)
-                        .bind(*at)
-                        .bind(&r.agent)
-                        .bind(&r.task)
-                        .bind(&r.tool)
-                        .bind(&r.arguments_digest)
-                        .bind(&r.status)
-                        .bind(&r.error)
-                        .bind(i64::from(r.attempts))
-                        .bind(r.latency_us as i64)
-                        .bind(r.request_bytes as i64)
-                        .bind(r.response_bytes as i64)
-                        .bind(&r.cost_key);
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(r.id)
+                    .bind(at)
+                    .bind(r.agent)
+                    .bind(r.task)
+                    .bind(r.tool)
+                    .bind(r.arguments_digest)
+                    .bind(r.status)
+                    .bind(r.error)
+                    .bind(i64::from(r.attempts))
+                    .bind(r.latency_us as i64)
+                    .bind(r.request_bytes as i64)
+                    .bind(r.response_bytes as i64)
+                    .bind(r.cost_key)
+                    .execute(&mut *c)
+                    .await;
+                if let Err(e) = &done {
+                    tracing::error!(error = %e, call = %failed_id, "the call log row could not be written");
                 }
-                q.execute(&mut *c).await.map_err(db)?;
-                Ok(())
+                done.map(|_| ()).map_err(db)
             })
         })
-        .await
+        .await;
+    if let Err(e) = queued {
+        tracing::error!(code = %e.code, call = %id, "the call log row could not be queued");
+    }
 }
 
 pub(crate) async fn calls(store: &Store, f: &ListCalls, limit: i64) -> Result<Vec<CallRecord>> {

@@ -473,7 +473,8 @@ impl Handler for ListToolCalls {
             }
             req.agent = Some(agent_id.clone());
         }
-        k.tools().flush_log().await;
+        // Every answered call is already there: its log row commits no later
+        // than the call's outcome write, which its answer waits for.
         Ok(Action::Done(k.tools().list_calls(&req).await?))
     }
 }
