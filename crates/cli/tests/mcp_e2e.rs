@@ -209,15 +209,7 @@ async fn registering_a_connection_announces_tools_list_changed_to_sessions_and_s
 
     let conn = json!({"name": "ev", "upstream": {"kind": "mcp_stdio", "command": "node",
         "args": [everything_script(), "stdio"]}});
-    let (status, body) = call(
-        &http(),
-        Method::POST,
-        &format!("{}/v1/connections", server.url),
-        &server.admin_token,
-        Some(&conn),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    support::add_connection(&http(), &server, &conn).await;
 
     tokio::time::timeout(WAIT, legacy_seen.recv())
         .await

@@ -109,15 +109,7 @@ async fn a_tool_call_cut_off_by_kill_9_is_marked_interrupted_and_audited_after_r
     let http = support::http();
     let conn = json!({"name": "h", "upstream": {"kind": "mcp_stdio", "command": "python3",
         "args": [hostile_script()]}});
-    let (status, body) = support::call(
-        &http,
-        Method::POST,
-        &format!("{}/v1/connections", server.url),
-        &server.admin_token,
-        Some(&conn),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    support::add_connection(&http, &server, &conn).await;
     // A call the upstream holds for three seconds, cut off after one and a half.
     let call = {
         let (http, url, token) = (
@@ -205,15 +197,7 @@ async fn kill_9_during_tool_calls_loses_no_answered_calls_log_row() {
     let http = support::http();
     let conn = json!({"name": "ev", "upstream": {"kind": "mcp_stdio", "command": "node",
         "args": [everything_script(), "stdio"]}});
-    let (status, body) = support::call(
-        &http,
-        Method::POST,
-        &format!("{}/v1/connections", server.url),
-        &server.admin_token,
-        Some(&conn),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    support::add_connection(&http, &server, &conn).await;
 
     // Eight clients call `echo` until the server is killed under them; a call
     // counts as answered only once its whole 200 body has arrived.

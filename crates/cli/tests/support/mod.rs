@@ -319,6 +319,14 @@ pub(crate) async fn create_agent(http: &reqwest::Client, server: &Server, name: 
     v
 }
 
+/// Registers a connection over HTTP with the admin token; returns its JSON.
+pub(crate) async fn add_connection(http: &reqwest::Client, server: &Server, spec: &Value) -> Value {
+    let url = format!("{}/v1/connections", server.url);
+    let (status, v) = call(http, Method::POST, &url, &server.admin_token, Some(spec)).await;
+    assert_eq!(status, 201, "add connection {}: {v}", spec["name"]);
+    v
+}
+
 /// Every audit entry, read page by page with `after=<next>`.
 pub(crate) async fn audit_entries(http: &reqwest::Client, server: &Server) -> Vec<Value> {
     let mut entries = Vec::new();
