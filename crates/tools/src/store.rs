@@ -2,7 +2,7 @@
 //!
 //! Writes go through [`Store::write`] and only run SQL; reads use the pool.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde_json::Value;
 use sqlx::Row;
@@ -445,35 +445,38 @@ pub(crate) async fn delete_grant(store: &Store, id: String) -> Result<bool> {
 const CALL_COLUMNS: &str = "id, at, agent, task, tool, arguments_digest, status, error, attempts, \
                             latency_us, request_bytes, response_bytes, cost_key";
 
+/// The insert of one call-log row, built once.
+static INSERT_CALL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO tl_calls ({CALL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    )
+});
+
 /// Queues the insert of one call-log row and returns once it is queued (see
 /// the `call` module doc for why nobody waits for it). A failure is logged.
 pub(crate) async fn queue_call(store: &Store, r: CallRecord, at: i64) {
     let id = r.id.clone();
-    let failed_id = id.clone();
     let queued = store
         .write_queued(move |c: &mut Tx| {
             Box::pin(async move {
-                let sql = format!(
-                    "INSERT INTO tl_calls ({CALL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-                );
-                let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(r.id)
+                let done = sqlx::query(sqlx::AssertSqlSafe(INSERT_CALL.as_str()))
+                    .bind(&r.id)
                     .bind(at)
-                    .bind(r.agent)
-                    .bind(r.task)
-                    .bind(r.tool)
-                    .bind(r.arguments_digest)
-                    .bind(r.status)
-                    .bind(r.error)
+                    .bind(&r.agent)
+                    .bind(&r.task)
+                    .bind(&r.tool)
+                    .bind(&r.arguments_digest)
+                    .bind(&r.status)
+                    .bind(&r.error)
                     .bind(i64::from(r.attempts))
                     .bind(r.latency_us as i64)
                     .bind(r.request_bytes as i64)
                     .bind(r.response_bytes as i64)
-                    .bind(r.cost_key)
+                    .bind(&r.cost_key)
                     .execute(&mut *c)
                     .await;
                 if let Err(e) = &done {
-                    tracing::error!(error = %e, call = %failed_id, "the call log row could not be written");
+                    tracing::error!(error = %e, call = %r.id, "the call log row could not be written");
                 }
                 done.map(|_| ()).map_err(db)
             })
