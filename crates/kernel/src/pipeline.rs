@@ -175,7 +175,12 @@ impl Kernel {
                 self.commit(&call, op).await
             }
             Ok(Action::WriteEach { op }) => self.commit(&call, op).await,
-            Ok(Action::External { resource, run }) => self.run_external(&call, resource, run).await,
+            Ok(Action::External { resource, run }) => self.run_external(&call, resource, run, true).await,
+            Ok(Action::ExternalRead { resource, run }) => {
+                // A key's claim is held by an intent.
+                let intent = call.key.is_some();
+                self.run_external(&call, resource, run, intent).await
+            }
             Err(e) => {
                 self.audit_refusal(&call, spec.resource, &e).await;
                 Err(e)
@@ -331,16 +336,20 @@ impl Kernel {
     /// outcome, the idempotency record (for a success), the audit entry and the
     /// event then commit together. A failed effect is audited with its code and
     /// records no idempotency answer, so a retry with the same key runs again.
+    ///
+    /// Without `intent` (a read-only call, no key) only the second commit runs:
+    /// the audit entry and event, before the answer.
     async fn run_external(
         &self,
         call: &Call<'_>,
         resource: String,
         run: ExternalRun<Value>,
+        intent: bool,
     ) -> Result<Reply> {
         let spec = call.entry.spec;
         let intent_id = Id::new("int").to_string();
         let principal = call.cx.principal.audit_name();
-        {
+        if intent {
             let (id, who, digest) = (intent_id.clone(), principal.clone(), call.request_digest.clone());
             let now = call.cx.now;
             let instance = self.inner.instance.id.clone();
@@ -426,7 +435,9 @@ impl Kernel {
             .store
             .write_logged(move |c| {
                 Box::pin(async move {
-                    intent::finish(c, &intent_id, &outcome, now).await?;
+                    if intent {
+                        intent::finish(c, &intent_id, &outcome, now).await?;
+                    }
                     match idem {
                         Some((scope, key, Some(rec))) => idempotency::complete(c, &scope, &key, &rec, now)
                             .await

@@ -49,6 +49,18 @@ pub enum Action<R> {
         /// The effect.
         run: ExternalRun<R>,
     },
+    /// A call outside the kernel's transaction that changes nothing (a
+    /// read-only upstream tool) on `resource`. It is no side effect, so no
+    /// intent precedes it: a crash during it leaves nothing to resolve. The
+    /// outcome's audit entry and event commit after it ends, before the answer.
+    /// With an `Idempotency-Key` it runs as [`Action::External`], whose intent
+    /// holds the key's claim.
+    ExternalRead {
+        /// The id of the resource the call reads.
+        resource: String,
+        /// The call.
+        run: ExternalRun<R>,
+    },
 }
 
 /// An external effect, run outside the writer.
@@ -70,6 +82,17 @@ impl<R> Action<R> {
         F: Future<Output = Result<R>> + Send + 'static,
     {
         Action::External {
+            resource: resource.into(),
+            run: Box::pin(run),
+        }
+    }
+
+    /// A read-only external call on `resource`.
+    pub fn external_read<F>(resource: impl Into<String>, run: F) -> Action<R>
+    where
+        F: Future<Output = Result<R>> + Send + 'static,
+    {
+        Action::ExternalRead {
             resource: resource.into(),
             run: Box::pin(run),
         }
@@ -189,6 +212,9 @@ fn erased<S: Handler>(
             }),
             Action::External { resource, run } => {
                 Action::external(resource, async move { run.await.and_then(to_json) })
+            }
+            Action::ExternalRead { resource, run } => {
+                Action::external_read(resource, async move { run.await.and_then(to_json) })
             }
             Action::WriteEach { op } => Action::WriteEach {
                 op: Box::new(move |c| {

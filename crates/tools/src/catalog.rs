@@ -26,6 +26,8 @@ pub(crate) struct ToolDef {
     /// The JSON Schema of its `structuredContent`, when the upstream declares one.
     pub(crate) output_schema: Option<Value>,
     pub(crate) idempotent: bool,
+    /// Whether calling it changes nothing (read-only tools are idempotent too).
+    pub(crate) read_only: bool,
     /// How to call it (an OpenAPI operation); null for MCP tools.
     pub(crate) binding: Value,
 }
@@ -47,6 +49,10 @@ pub struct ToolInfo {
     pub connection: String,
     /// Whether the gateway retries it after an upstream failure.
     pub idempotent: bool,
+    /// Whether calling it changes nothing outside Strata (MCP `readOnlyHint`,
+    /// HTTP `GET`/`HEAD`/`OPTIONS`, or the connection's `read_only` list). Its
+    /// calls are not external side effects: no intent is recorded before them.
+    pub read_only: bool,
 }
 
 /// A filter for [`Tools::list_tools`].
@@ -85,6 +91,7 @@ impl Entry {
                 output_schema: def.output_schema,
                 connection: conn.to_string(),
                 idempotent: def.idempotent,
+                read_only: def.read_only,
             },
             upstream_name: def.upstream_name,
             binding: def.binding,
@@ -275,6 +282,15 @@ impl Tools {
             });
         }
         tools
+    }
+
+    /// Whether tool `name` exists and is read-only (whoever asks: this says
+    /// nothing to callers, it only picks how the kernel records the call).
+    pub fn is_read_only(&self, name: &str) -> bool {
+        self.inner
+            .catalog
+            .tool(name)
+            .is_some_and(|(e, _)| e.info.read_only)
     }
 
     /// One tool, if `caller` may call it (`not_found` otherwise, so an agent

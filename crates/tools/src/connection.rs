@@ -131,6 +131,11 @@ pub struct NewConnection {
     /// upstream marks so (MCP `idempotentHint`/`readOnlyHint`, HTTP GET/PUT/DELETE).
     #[serde(default)]
     pub idempotent: Vec<String>,
+    /// Upstream tool names (globs) to treat as read-only (and so idempotent)
+    /// besides those the upstream marks so (MCP `readOnlyHint`, HTTP
+    /// GET/HEAD/OPTIONS). A read-only tool's calls record no intent.
+    #[serde(default)]
+    pub read_only: Vec<String>,
 }
 
 /// A connection as listed.
@@ -308,12 +313,9 @@ impl Conn {
         self.spec.max_response_bytes.unwrap_or(default)
     }
 
-    /// Whether upstream tool `name` is idempotent by the connection's own list.
-    pub(crate) fn marks_idempotent(&self, name: &str) -> bool {
-        self.spec
-            .idempotent
-            .iter()
-            .any(|p| crate::grant::matches(p, name))
+    /// Whether upstream tool `name` is on one of the connection's own lists.
+    fn marks(list: &[String], name: &str) -> bool {
+        list.iter().any(|p| crate::grant::matches(p, name))
     }
 }
 
@@ -527,7 +529,9 @@ impl Tools {
             }
         };
         for d in &mut defs {
-            d.idempotent = d.idempotent || conn.marks_idempotent(&d.upstream_name);
+            d.read_only = d.read_only || Conn::marks(&conn.spec.read_only, &d.upstream_name);
+            d.idempotent =
+                d.idempotent || d.read_only || Conn::marks(&conn.spec.idempotent, &d.upstream_name);
         }
         Ok(defs)
     }

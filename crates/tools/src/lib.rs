@@ -284,6 +284,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: store::LEANER_CALLS_SQLITE,
         postgres: store::LEANER_CALLS_POSTGRES,
     },
+    Migration {
+        layer: "tools",
+        version: 4,
+        name: "tools say whether they are read-only",
+        sqlite: store::READ_ONLY,
+        postgres: store::READ_ONLY,
+    },
 ];
 
 fn db(e: sqlx::Error) -> strata_core::Error {

@@ -233,16 +233,17 @@ impl Session {
         Ok(tools
             .into_iter()
             .map(|t| {
-                let idempotent = t
-                    .annotations
-                    .as_ref()
-                    .is_some_and(|a| a.idempotent_hint == Some(true) || a.read_only_hint == Some(true));
+                let hint = |h: fn(&rmcp::model::ToolAnnotations) -> Option<bool>| {
+                    t.annotations.as_ref().and_then(h) == Some(true)
+                };
+                let read_only = hint(|a| a.read_only_hint);
                 ToolDef {
                     upstream_name: t.name.to_string(),
                     description: t.description.map(|d| d.to_string()).unwrap_or_default(),
                     input_schema: Value::Object((*t.input_schema).clone()),
                     output_schema: t.output_schema.as_ref().map(|s| Value::Object((**s).clone())),
-                    idempotent,
+                    idempotent: read_only || hint(|a| a.idempotent_hint),
+                    read_only,
                     binding: Value::Null,
                 }
             })

@@ -281,6 +281,7 @@ fn operation(
         input_schema: schema,
         output_schema: None,
         idempotent: matches!(method, "get" | "head" | "put" | "delete" | "options"),
+        read_only: matches!(method, "get" | "head" | "options"),
         binding: serde_json::to_value(binding).map_err(Error::internal)?,
     })
 }
@@ -548,10 +549,11 @@ mod tests {
         let names: Vec<_> = defs.iter().map(|d| d.upstream_name.as_str()).collect();
         assert_eq!(names, vec!["getItem", "putItem", "post_search"]);
         let get = &defs[0];
-        assert!(get.idempotent);
+        assert!(get.idempotent && get.read_only);
         assert_eq!(get.input_schema["required"], json!(["id"]));
         assert_eq!(get.input_schema["properties"]["verbose"]["type"], "boolean");
         let put = &defs[1];
+        assert!(put.idempotent && !put.read_only, "PUT changes the item");
         assert_eq!(put.input_schema["required"], json!(["id", "body"]));
         assert_eq!(put.input_schema["properties"]["body"]["$ref"], "#/$defs/Item");
         assert_eq!(
@@ -559,7 +561,7 @@ mod tests {
             json!(["string", "null"])
         );
         assert!(put.input_schema["$defs"].get("Unused").is_none());
-        assert!(!defs[2].idempotent);
+        assert!(!defs[2].idempotent && !defs[2].read_only);
         let v = jsonschema::validator_for(&put.input_schema).unwrap();
         assert!(v.is_valid(&json!({"id": 1, "body": {"name": "x", "tag": null}})));
         assert!(!v.is_valid(&json!({"id": 1, "body": {"tag": "t"}})));

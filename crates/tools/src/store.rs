@@ -105,6 +105,9 @@ CREATE INDEX tl_calls_task ON tl_calls (task, id);
 /// Version 2: the upstream's output schema beside the input schema.
 pub(crate) const OUTPUT_SCHEMA: &str = "ALTER TABLE tl_tools ADD COLUMN output_schema TEXT;";
 
+/// Version 4: whether a tool is read-only (false until its connection syncs).
+pub(crate) const READ_ONLY: &str = "ALTER TABLE tl_tools ADD COLUMN read_only BIGINT NOT NULL DEFAULT 0;";
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::internal(format!("corrupt {what} row: {e}"))
 }
@@ -221,8 +224,8 @@ pub(crate) async fn delete_secret(store: &Store, name: String) -> Result<bool> {
 async fn insert_tools(c: &mut Tx, conn_id: &str, defs: &[ToolDef]) -> Result<()> {
     for d in defs {
         sqlx::query(
-            "INSERT INTO tl_tools (connection_id, name, description, input_schema, idempotent, binding, output_schema)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO tl_tools (connection_id, name, description, input_schema, idempotent, binding, output_schema, read_only)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(conn_id)
         .bind(&d.upstream_name)
@@ -231,6 +234,7 @@ async fn insert_tools(c: &mut Tx, conn_id: &str, defs: &[ToolDef]) -> Result<()>
         .bind(i64::from(d.idempotent))
         .bind(d.binding.to_string())
         .bind(d.output_schema.as_ref().map(Value::to_string))
+        .bind(i64::from(d.read_only))
         .execute(&mut *c)
         .await
         .map_err(|e| {
@@ -357,7 +361,7 @@ pub(crate) async fn connections(store: &Store) -> Result<Vec<Arc<Conn>>> {
 
 pub(crate) async fn all_tools(store: &Store) -> Result<Vec<(String, ToolDef)>> {
     let rows = sqlx::query(
-        "SELECT connection_id, name, description, input_schema, idempotent, binding, output_schema FROM tl_tools ORDER BY connection_id, name",
+        "SELECT connection_id, name, description, input_schema, idempotent, binding, output_schema, read_only FROM tl_tools ORDER BY connection_id, name",
     )
     .fetch_all(store.pool())
     .await
@@ -378,6 +382,7 @@ pub(crate) async fn all_tools(store: &Store) -> Result<Vec<(String, ToolDef)>> {
                         .transpose()
                         .map_err(|e| corrupt("tool", e))?,
                     idempotent: r.try_get::<i64, _>(4).map_err(db)? != 0,
+                    read_only: r.try_get::<i64, _>(7).map_err(db)? != 0,
                     binding: serde_json::from_str(&binding).map_err(|e| corrupt("tool", e))?,
                 },
             ))

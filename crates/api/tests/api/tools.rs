@@ -507,6 +507,86 @@ async fn a_stalling_upstream_is_upstream_timeout_and_its_intent_is_pending_meanw
     assert_eq!(entry["intent_id"], pending[0].id.as_str());
 }
 
+/// Lines in the hostile upstream's count file: the calls it has seen.
+async fn seen_calls(file: &std::path::Path, at_least: usize) -> usize {
+    for _ in 0..300 {
+        let n = std::fs::read_to_string(file).map_or(0, |s| s.lines().count());
+        if n >= at_least {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the upstream never saw call {at_least}");
+}
+
+#[tokio::test]
+async fn a_read_only_tool_records_no_intent_yet_is_audited_and_logged() {
+    let app = App::new().await;
+    let counts = tempfile::NamedTempFile::new().expect("a count file");
+    // The connection marks `stall` read-only; the upstream itself does not.
+    // (Read-only tools are retried: one try keeps the count to one per call.)
+    let mut spec = hostile(
+        "h",
+        json!({"timeout_ms": 1500, "read_only": ["stall"],
+            "retry": {"max_attempts": 1, "backoff_ms": 10}}),
+    );
+    spec["upstream"]["env"] = json!({"COUNT_FILE": counts.path().display().to_string()});
+    connect(&app, &spec).await;
+    let listed = app.get("/v1/tools?connection=h", &app.admin).await.json();
+    let stall = listed["items"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "h.stall"))
+        .cloned()
+        .expect("h.stall is listed");
+    assert_eq!(stall["read_only"], true, "{stall}");
+    assert_eq!(stall["idempotent"], true, "read-only implies idempotent: {stall}");
+    let stalled = |key: Option<&'static str>| {
+        let router = app.router.clone();
+        let mut call = crate::harness::Call::new(axum::http::Method::POST, "/v1/tools/h.stall/call")
+            .token(&app.admin)
+            .json(&json!({}));
+        if let Some(k) = key {
+            call = call.key(k);
+        }
+        let req = call.build();
+        tokio::spawn(async move { crate::harness::send(&router, req).await })
+    };
+    let pending = || async {
+        strata_governance::intent::pending(app.kernel.store())
+            .await
+            .expect("pending intents")
+    };
+    // Without a key: while the upstream holds the call, no intent is pending.
+    let first = stalled(None);
+    seen_calls(counts.path(), 1).await;
+    let none = pending().await;
+    assert!(none.is_empty(), "a read-only call records no intent: {none:?}");
+    first
+        .await
+        .expect("the call ends")
+        .problem(504, "upstream_timeout");
+    // It is audited and logged all the same, before its answer.
+    let audit = app.audit().await;
+    let entry = audit
+        .iter()
+        .find(|e| e["syscall"] == "tool.call")
+        .expect("the read-only call is audited");
+    assert_eq!(entry["outcome"], "upstream_timeout");
+    let calls = app.get("/v1/tool-calls", &app.admin).await.json();
+    assert_eq!(calls["items"][0]["status"], "upstream_timeout", "{calls}");
+    // With a key, an intent holds the key's claim while the call runs.
+    let second = stalled(Some("ro-1"));
+    seen_calls(counts.path(), 2).await;
+    let held = pending().await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].syscall, "tool.call");
+    second
+        .await
+        .expect("the call ends")
+        .problem(504, "upstream_timeout");
+    assert!(pending().await.is_empty());
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_upstream_answers_are_502s() {
     let app = App::new().await;

@@ -4,7 +4,8 @@
 //! The gateway commits its own rows (and starts upstreams, fetches documents,
 //! calls tools), so every mutating syscall here is planned as an
 //! [`Action::External`]: the kernel records an intent before the gateway acts
-//! and the outcome, idempotency record and audit entry after.
+//! and the outcome, idempotency record and audit entry after. A call to a
+//! read-only tool is an [`Action::ExternalRead`]: no intent, the rest after.
 
 use std::collections::BTreeMap;
 
@@ -428,7 +429,9 @@ impl Handler for CallTool {
     async fn handle(k: &Kernel, cx: &Cx, req: ToolCall) -> Result<Action<CallOutput>> {
         let caller = caller(k, &cx.principal).await?;
         let tools = k.tools().clone();
-        Ok(Action::external(req.name.clone(), async move {
+        let read_only = tools.is_read_only(&req.name);
+        let resource = req.name.clone();
+        let run = async move {
             let call = CallRequest {
                 tool: req.name,
                 arguments: req.arguments,
@@ -443,7 +446,13 @@ impl Handler for CallTool {
                     None => e.error,
                 }
             })
-        }))
+        };
+        // A read-only tool's call is no side effect: no intent before it.
+        Ok(if read_only {
+            Action::external_read(resource, run)
+        } else {
+            Action::external(resource, run)
+        })
     }
 }
 

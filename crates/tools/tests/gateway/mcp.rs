@@ -29,6 +29,13 @@ async fn stdio_server_tools_are_namespaced_listed_and_called(b: Backend) {
     let echo = tools.iter().find(|t| t.name == "everything.echo").unwrap();
     assert_eq!(echo.input_schema["type"], "object");
     assert!(echo.input_schema["properties"].get("message").is_some());
+    // The upstream's annotations: `echo` is read-only, `toggle-simulated-logging` is not.
+    assert!(echo.read_only && echo.idempotent, "{echo:?}");
+    let toggle = tools
+        .iter()
+        .find(|t| t.name == "everything.toggle-simulated-logging")
+        .unwrap();
+    assert!(!toggle.read_only && !toggle.idempotent, "{toggle:?}");
     let found = g.tools.list_tools(
         &me,
         &ListTools {

@@ -17,9 +17,10 @@ async fn each_operation_is_a_tool_called_with_path_query_and_body(b: Backend) {
     assert_eq!(info.secrets, vec!["API_KEY"]);
     let tools = g.tools.list_tools(&Caller::Operator, &ListTools::default());
     let create = tools.iter().find(|t| t.name == "svc.createItem").unwrap();
-    assert!(!create.idempotent);
+    assert!(!create.idempotent && !create.read_only);
     assert_eq!(create.input_schema["required"], json!(["body"]));
-    assert!(tools.iter().find(|t| t.name == "svc.getItem").unwrap().idempotent);
+    let get = tools.iter().find(|t| t.name == "svc.getItem").unwrap();
+    assert!(get.idempotent && get.read_only, "GET is read-only: {get:?}");
     let got = g
         .call(
             &Caller::Operator,
