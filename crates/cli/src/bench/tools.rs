@@ -97,6 +97,26 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
                 .is_some_and(|p| p.status == 409) => {}
         Err(e) => return Err(e.context("registering the server-everything connection")),
     }
+    // Its upstream marks `echo` read-only, so the kernel records no intent
+    // before a call: one commit on the call's path, not two.
+    let listed = admin
+        .get(&format!("/v1/tools?connection={CONNECTION}&query=echo"))
+        .await?;
+    let read_only = listed["items"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == format!("{CONNECTION}.echo")))
+        .and_then(|t| t["read_only"].as_bool())
+        .context("the gateway does not list benchev.echo")?;
+    if !args.target.json {
+        eprintln!(
+            "  {CONNECTION}.echo is {}",
+            if read_only {
+                "read-only: no intent before a call, one commit after it"
+            } else {
+                "not read-only: an intent commits before a call, the outcome after it"
+            }
+        );
+    }
     let name = format!("bench-tools-{}", &strata_core::Id::new("run").to_string()[4..]);
     let agent = admin.post("/v1/agents", &json!({"name": name})).await?;
     let (agent_id, token) = (
@@ -191,6 +211,7 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
             out.insert(key.into(), json!({"p50_ms": p50, "p99_ms": p99}));
         }
         out.insert("concurrency".into(), json!(conc));
+        out.insert("read_only".into(), json!(read_only));
         println!("{}", Value::Object(out));
     } else {
         println!(
