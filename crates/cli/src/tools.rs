@@ -196,7 +196,11 @@ pub(crate) async fn tool(cmd: ToolCommand) -> anyhow::Result<ExitCode> {
                 None => "/v1/tools".to_string(),
             };
             let v = Client::from_conn(&conn)?.get(&path).await?;
-            print_list(conn.output, &v, &["name", "connection", "description"]);
+            print_list(
+                conn.output,
+                &v,
+                &["name", "connection", "read_only", "description"],
+            );
         }
         ToolCommand::Call { name, args, conn } => {
             let arguments: Value = serde_json::from_str(&args).context("--args is not JSON")?;

@@ -53,6 +53,15 @@ fn secret_connection_and_tool_commands_round_trip_without_showing_the_secret() {
         .success()
         .json();
     assert_eq!(tools["items"][0]["name"], "ev.echo", "{tools}");
+    // The table says which tools are read-only (their calls record no intent).
+    let table = cli(&server, &["tool", "ls", "echo"]).success();
+    let header = table.stdout.lines().next().unwrap_or_default();
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("ev.echo"))
+        .unwrap_or_default();
+    assert!(header.contains("READ_ONLY") && row.contains("true"), "{table}");
     let called = cli(
         &server,
         &[
