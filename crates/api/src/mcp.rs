@@ -369,8 +369,13 @@ impl rmcp::ServerHandler for Handler {
                         continue;
                     };
                     let description = t["description"].as_str().unwrap_or_default().to_string();
-                    let mut tool = Tool::new(name.to_string(), description, schema.clone())
-                        .with_annotations(ToolAnnotations::new().open_world(true));
+                    // What the gateway knows of the tool, as MCP hints.
+                    let hints = ToolAnnotations::new()
+                        .open_world(true)
+                        .read_only(t["read_only"] == true)
+                        .idempotent(t["idempotent"] == true);
+                    let mut tool =
+                        Tool::new(name.to_string(), description, schema.clone()).with_annotations(hints);
                     // The upstream's promise about its structured content, relayed.
                     if let Some(Value::Object(output)) = t.get("output_schema") {
                         tool.output_schema = Some(std::sync::Arc::new(output.clone()));

@@ -565,7 +565,7 @@ async fn a_read_only_tool_records_no_intent_yet_is_audited_and_logged() {
         .await
         .expect("the call ends")
         .problem(504, "upstream_timeout");
-    // It is audited and logged all the same, before its answer.
+    // It is audited and logged all the same.
     let audit = app.audit().await;
     let entry = audit
         .iter()

@@ -62,6 +62,14 @@ async def as_operator(client, suffix):
     bad = await client.call_tool("agent.create", {"name": 7})
     check(problem_code(bad) == "invalid_request", f"agent.create with a number for a name: {bad}")
 
+    # What the gateway knows of an upstream tool reaches the client as MCP hints.
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    hints = tools["ev.echo"].annotations
+    check(hints is not None and hints.read_only_hint is True and hints.idempotent_hint is True,
+          f"ev.echo's annotations: {hints}")
+    toggle = tools["ev.toggle-simulated-logging"].annotations
+    check(toggle is not None and toggle.read_only_hint is False, f"ev.toggle-simulated-logging's annotations: {toggle}")
+
     echoed = await client.call_tool("ev.echo", {"message": f"through strata {suffix}"})
     check(not echoed.is_error, f"ev.echo failed: {echoed}")
     text = " ".join(getattr(c, "text", "") for c in echoed.content)
