@@ -136,6 +136,20 @@ pub struct NewConnection {
     /// GET/HEAD/OPTIONS). A read-only tool's calls record no intent.
     #[serde(default)]
     pub read_only: Vec<String>,
+    /// Whether to believe what the upstream says of its tools (MCP
+    /// `readOnlyHint`/`idempotentHint`, OpenAPI methods); default true. When
+    /// false only `idempotent` and `read_only` above count: nothing is retried
+    /// or called without an intent on the upstream's word alone.
+    #[serde(default = "trusted", skip_serializing_if = "is_trusted")]
+    pub trust_hints: bool,
+}
+
+fn trusted() -> bool {
+    true
+}
+
+fn is_trusted(t: &bool) -> bool {
+    *t
 }
 
 /// A connection as listed.
@@ -529,6 +543,9 @@ impl Tools {
             }
         };
         for d in &mut defs {
+            if !conn.spec.trust_hints {
+                (d.read_only, d.idempotent) = (false, false);
+            }
             d.read_only = d.read_only || Conn::marks(&conn.spec.read_only, &d.upstream_name);
             d.idempotent =
                 d.idempotent || d.read_only || Conn::marks(&conn.spec.idempotent, &d.upstream_name);

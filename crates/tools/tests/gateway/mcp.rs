@@ -239,7 +239,25 @@ async fn a_tools_list_changed_notification_resyncs_the_catalog(b: Backend) {
     panic!("the new tool never appeared in the catalog");
 }
 
+async fn a_connection_that_distrusts_hints_counts_only_its_own_lists(b: Backend) {
+    let g = Gateway::new(b).await;
+    let mut spec = everything("ev", json!({}));
+    spec["trust_hints"] = json!(false);
+    spec["read_only"] = json!(["get-sum"]);
+    g.connect(spec).await;
+    let tools = g.tools.list_tools(&Caller::Operator, &ListTools::default());
+    let flags = |name: &str| {
+        let t = tools.iter().find(|t| t.name == name).unwrap();
+        (t.read_only, t.idempotent)
+    };
+    // The upstream marks both read-only; only the connection's list counts.
+    assert_eq!(flags("ev.echo"), (false, false));
+    assert_eq!(flags("ev.get-sum"), (true, true));
+    assert!(!g.tools.is_read_only("ev.echo") && g.tools.is_read_only("ev.get-sum"));
+}
+
 on_both_backends!(
+    a_connection_that_distrusts_hints_counts_only_its_own_lists,
     a_tools_list_changed_notification_resyncs_the_catalog,
     stdio_server_tools_are_namespaced_listed_and_called,
     a_sync_on_demand_reports_no_change_for_an_unchanged_server,
