@@ -236,14 +236,14 @@ impl Session {
                 let hint = |h: fn(&rmcp::model::ToolAnnotations) -> Option<bool>| {
                     t.annotations.as_ref().and_then(h) == Some(true)
                 };
-                let read_only = hint(|a| a.read_only_hint);
                 ToolDef {
                     upstream_name: t.name.to_string(),
                     description: t.description.map(|d| d.to_string()).unwrap_or_default(),
                     input_schema: Value::Object((*t.input_schema).clone()),
                     output_schema: t.output_schema.as_ref().map(|s| Value::Object((**s).clone())),
-                    idempotent: read_only || hint(|a| a.idempotent_hint),
-                    read_only,
+                    // A read-only tool is idempotent too; the sync applies that for every upstream.
+                    idempotent: hint(|a| a.idempotent_hint),
+                    read_only: hint(|a| a.read_only_hint),
                     binding: Value::Null,
                 }
             })
