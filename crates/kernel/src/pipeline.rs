@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use strata_core::{Error, ErrorCode, Id, Principal, Result};
 use strata_governance::{AuditDraft, audit, digest, idempotency, intent};
 use strata_store::event::{self, NewEvent};
-use strata_store::{Conn, Tail, TailItem};
+use strata_store::{Conn, Durability, Tail, TailItem};
 
 use crate::Kernel;
 use crate::registry::{Action, Cx, Each, Entry, ExternalRun, WriteOp};
@@ -430,10 +430,19 @@ impl Kernel {
             status,
             request_digest: call.request_digest.clone(),
         };
+        // A call with no intent changed nothing (a read-only tool, no key): its
+        // answer is not a write, so its record need not reach the disk before
+        // it. It is committed first all the same, so a crash of this process
+        // cannot lose it; power loss within the store's sync window can.
+        let durability = if intent {
+            Durability::Synced
+        } else {
+            Durability::Committed
+        };
         let written: Result<(), WriteError> = self
             .inner
             .store
-            .write_logged(move |c| {
+            .write_logged_as(durability, move |c| {
                 Box::pin(async move {
                     if intent {
                         intent::finish(c, &intent_id, &outcome, now).await?;

@@ -16,12 +16,24 @@
 //! The writer opens its own connection rather than taking one of the read
 //! pool's: readers keep every pooled connection, and the writer's is closed
 //! by the writer itself when it stops, never handed back to a pool.
+//!
+//! **Durability.** A batch is synced to disk before any of its writes is
+//! answered if one of them asks for [`Durability::Synced`] (the default). A
+//! batch of [`Durability::Committed`] writes only is answered once it has
+//! committed: on SQLite the writer's commits do not sync the WAL themselves
+//! (`synchronous = NORMAL`) and the writer syncs it after those that need it,
+//! so such a batch skips the `fdatasync`; on PostgreSQL it commits with
+//! `synchronous_commit = off`. Either way the batch is in the database, safe
+//! from a crash of the process, and the next synced commit (every sync covers
+//! all that was committed before it) or, at the latest, a sync
+//! `sync_window` after it puts it on disk.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -34,7 +46,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::{Backend, Error};
+use crate::{Backend, Durability, Error};
 
 /// The future a write closure returns; it borrows the writer's connection.
 pub type WriteFuture<'c, T, E> = BoxFuture<'c, Result<T, E>>;
@@ -57,7 +69,10 @@ type Ran = (bool, Finish, Vec<TailItem>);
 type Run = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Ran> + Send>;
 
 /// One queued write.
-pub(crate) struct Job(Run);
+pub(crate) struct Job {
+    run: Run,
+    durability: Durability,
+}
 
 /// Writes announced but not yet run, which the writer waits for before a commit
 /// (see the module doc). Cheap to clone.
@@ -105,15 +120,28 @@ pub(crate) fn start(
     stop: Arc<Notify>,
     tail: TailSlot,
     followers: Followers,
+    syncs: Arc<AtomicU64>,
 ) -> Result<(mpsc::Sender<Job>, watch::Receiver<u64>), Error> {
     let (tx, rx) = mpsc::channel(4096);
     let (committed_tx, committed_rx) = watch::channel(0);
+    let wal = match backend {
+        Backend::Sqlite => {
+            let file = sqlx::sqlite::SqliteConnectOptions::from_str(&opts.url)?;
+            let mut path = file.get_filename().as_os_str().to_os_string();
+            path.push("-wal");
+            Some(PathBuf::from(path))
+        }
+        Backend::Postgres => None,
+    };
     let w = Writer {
         url: opts.url.clone(),
         connect,
         backend,
         max_batch: opts.max_batch.max(1),
         linger: opts.linger,
+        sync_window: opts.sync_window,
+        wal,
+        syncs,
         tail,
         followers,
     };
@@ -130,15 +158,6 @@ pub(crate) fn start(
         .spawn(move || rt.block_on(run))
         .map_err(sqlx::Error::Io)?;
     Ok((tx, committed_rx))
-}
-
-pub(crate) async fn submit<T, E, F>(jobs: &mpsc::Sender<Job>, f: F) -> Result<T, E>
-where
-    T: Send + 'static,
-    E: From<Error> + Send + 'static,
-    F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
-{
-    enqueue(jobs, f).await?.await
 }
 
 /// A write in the writer's queue; resolves once its batch has committed.
@@ -158,7 +177,11 @@ impl<T, E: From<Error>> std::future::Future for Queued<T, E> {
 }
 
 /// Puts a write in the writer's queue, returning once it is there.
-pub(crate) async fn enqueue<T, E, F>(jobs: &mpsc::Sender<Job>, f: F) -> Result<Queued<T, E>, E>
+pub(crate) async fn enqueue<T, E, F>(
+    jobs: &mpsc::Sender<Job>,
+    durability: Durability,
+    f: F,
+) -> Result<Queued<T, E>, E>
 where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
@@ -183,7 +206,9 @@ where
             (ok, finish, tail)
         })
     });
-    jobs.send(Job(run)).await.map_err(|_| E::from(Error::Closed))?;
+    jobs.send(Job { run, durability })
+        .await
+        .map_err(|_| E::from(Error::Closed))?;
     Ok(Queued(rx))
 }
 
@@ -195,6 +220,12 @@ struct Writer {
     max_batch: usize,
     /// The longest a batch waits for announced followers before it commits anyway.
     linger: Duration,
+    /// The longest a commit of [`Durability::Committed`] writes waits for a sync.
+    sync_window: Duration,
+    /// SQLite's write-ahead log, which the writer syncs itself; `None` on PostgreSQL.
+    wal: Option<PathBuf>,
+    /// Syncs of the WAL completed, for [`crate::Store::wal_syncs`].
+    syncs: Arc<AtomicU64>,
     tail: TailSlot,
     followers: Followers,
 }
@@ -205,7 +236,7 @@ impl Writer {
         match self.backend {
             Backend::Sqlite => {
                 let file = sqlx::sqlite::SqliteConnectOptions::from_str(&self.url)?;
-                Conn::open_sqlite(file.get_filename(), crate::SQLITE_PRAGMAS)
+                Conn::open_sqlite(file.get_filename(), crate::SQLITE_WRITER_PRAGMAS)
             }
             Backend::Postgres => Ok(Conn::Any(AnyConnection::connect_with(&self.connect).await?)),
         }
@@ -214,15 +245,26 @@ impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Job>, committed: watch::Sender<u64>, stop: Arc<Notify>) {
         let max_batch = self.max_batch;
         let mut conn: Option<Conn> = None;
+        let mut wal = Wal::new(self.wal.clone(), self.syncs.clone());
         let mut batch = Vec::with_capacity(max_batch);
         loop {
             // A batch in progress always finishes; the stop signal is seen between batches.
+            let due = wal.due(self.sync_window);
             let n = tokio::select! {
                 biased;
                 n = rx.recv_many(&mut batch, max_batch) => n,
                 _ = stop.notified() => 0,
+                _ = sleep_until(due) => {
+                    wal.sync_behind();
+                    continue;
+                }
             };
             if n == 0 {
+                if wal.due(self.sync_window).is_some()
+                    && let Err(e) = wal.sync()
+                {
+                    tracing::error!(error = %e, "syncing the WAL before stopping failed");
+                }
                 if let Some(c) = conn.take() {
                     close(c).await;
                 }
@@ -240,7 +282,26 @@ impl Writer {
                 },
             };
             let mut c = c;
-            match self.run_batch(&mut c, batch.drain(..).collect(), &mut rx).await {
+            let ran = match self.run_batch(&mut c, batch.drain(..).collect(), &mut rx).await {
+                Ok((finishes, true)) => match wal.sync() {
+                    Ok(()) => Ok(finishes),
+                    Err(e) => Err((Error::Database(sqlx::Error::Io(e)), finishes)),
+                },
+                Ok((finishes, false)) => {
+                    // Under a steady stream of such batches the writer is never
+                    // idle long enough for the timer above: sync behind them.
+                    wal.committed_unsynced();
+                    if wal
+                        .due(self.sync_window)
+                        .is_some_and(|t| t <= tokio::time::Instant::now())
+                    {
+                        wal.sync_behind();
+                    }
+                    Ok(finishes)
+                }
+                Err(failed) => Err(failed),
+            };
+            match ran {
                 Ok(finishes) => {
                     // Counted before anyone is answered: a writer who has its
                     // answer sees its batch in the count.
@@ -258,9 +319,98 @@ impl Writer {
                     }
                     // Close the connection: its state is unknown after a failed batch.
                     close(c).await;
+                    wal.closed();
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `t`, or forever without one.
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SQLite's write-ahead log as the writer syncs it (see the module doc). On
+/// PostgreSQL there is none and every method does nothing.
+struct Wal {
+    path: Option<PathBuf>,
+    /// Syncs completed.
+    syncs: Arc<AtomicU64>,
+    /// Opened after a commit on the writer's current connection, which keeps the
+    /// file in place (SQLite deletes it only when its last connection closes).
+    file: Option<Arc<std::fs::File>>,
+    /// When the first commit not yet synced returned.
+    unsynced_since: Option<tokio::time::Instant>,
+}
+
+impl Wal {
+    fn new(path: Option<PathBuf>, syncs: Arc<AtomicU64>) -> Wal {
+        Wal {
+            path,
+            syncs,
+            file: None,
+            unsynced_since: None,
+        }
+    }
+
+    fn file(&mut self) -> std::io::Result<Option<Arc<std::fs::File>>> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        if self.file.is_none() {
+            self.file = Some(Arc::new(std::fs::File::open(path)?));
+        }
+        Ok(self.file.clone())
+    }
+
+    /// Syncs the log: everything committed so far is on disk when this returns.
+    /// Called after a commit on the writer's connection, so the file exists.
+    fn sync(&mut self) -> std::io::Result<()> {
+        if let Some(f) = self.file()? {
+            f.sync_data()?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.unsynced_since = None;
+        Ok(())
+    }
+
+    /// Starts a sync of what is committed without waiting for it: nobody's
+    /// answer depends on it (see [`Durability::Committed`]).
+    fn sync_behind(&mut self) {
+        self.unsynced_since = None;
+        match self.file() {
+            Ok(Some(f)) => {
+                let syncs = self.syncs.clone();
+                tokio::task::spawn_blocking(move || match f.sync_data() {
+                    Ok(()) => {
+                        syncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::error!(error = %e, "syncing the WAL failed"),
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "opening the WAL to sync it failed"),
+        }
+    }
+
+    fn committed_unsynced(&mut self) {
+        if self.path.is_some() {
+            self.unsynced_since.get_or_insert_with(tokio::time::Instant::now);
+        }
+    }
+
+    /// When what is committed but not synced must be synced.
+    fn due(&self, window: Duration) -> Option<tokio::time::Instant> {
+        self.unsynced_since.map(|t| t + window)
+    }
+
+    /// The writer's connection closed: the file may go with it.
+    fn closed(&mut self) {
+        self.file = None;
     }
 }
 
@@ -322,9 +472,11 @@ impl Writer {
         conn: &mut Conn,
         jobs: VecDeque<Job>,
         rx: &mut mpsc::Receiver<Job>,
-    ) -> Result<Vec<Finish>, (Error, Vec<Finish>)> {
+    ) -> Result<(Vec<Finish>, bool), (Error, Vec<Finish>)> {
         let backend = self.backend;
         let mut finishes = Vec::new();
+        // Whether the batch must reach the disk before its writes are answered.
+        let mut sync = false;
         // On PostgreSQL every statement costs a round trip to the server, so
         // transaction control is folded into as few calls as possible: one before
         // the first write, one between writes, one at the end (on SQLite they are
@@ -354,7 +506,8 @@ impl Writer {
         let mut taken = pending.len();
         let mut tail = Vec::new();
         let mut linger_until = None;
-        while let Some(Job(run)) = pending.pop_front() {
+        while let Some(Job { run, durability }) = pending.pop_front() {
+            sync |= durability == Durability::Synced;
             // A panicking write is a bug, but it must not take the writer (and with it
             // every later write) down: roll it back; its caller sees `Closed`.
             let ok = match AssertUnwindSafe(run(conn)).catch_unwind().await {
@@ -418,13 +571,18 @@ impl Writer {
                 )),
             }
         };
+        // On SQLite the caller syncs the WAL after the commit when `sync` says so.
+        let commit = match (backend, sync) {
+            (Backend::Postgres, false) => "SET LOCAL synchronous_commit = off; COMMIT",
+            _ => "COMMIT",
+        };
         if let Err(e) = match flushed {
-            Ok(()) => exec(conn, "COMMIT").await,
+            Ok(()) => exec(conn, commit).await,
             Err(e) => Err(e),
         } {
             let _ = exec(conn, "ROLLBACK").await;
             return Err((e, finishes));
         }
-        Ok(finishes)
+        Ok((finishes, sync && backend == Backend::Sqlite))
     }
 }

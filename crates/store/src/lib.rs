@@ -34,10 +34,35 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, watch};
 
-/// Set on every SQLite connection. FULL: a commit is durable once
-/// acknowledged, even across power loss.
+/// Set on every SQLite connection of the read pool (which writes only
+/// migrations). FULL: a commit is durable once it returns, even across power loss.
 pub(crate) const SQLITE_PRAGMAS: &str =
     "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+/// Set on the writer's SQLite connection. Its commits do not sync the WAL
+/// themselves: the writer syncs it (`fdatasync`) after every commit whose
+/// writes must be [`Durability::Synced`], before answering them, which is what
+/// FULL would do, and lets a batch of [`Durability::Committed`] writes skip it.
+pub(crate) const SQLITE_WRITER_PRAGMAS: &str =
+    "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
+
+/// When a write is acknowledged, relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Once its batch's commit is on disk (SQLite: the WAL synced; PostgreSQL:
+    /// the commit record flushed): the write survives power loss. The default,
+    /// and what any write a caller acknowledges needs.
+    #[default]
+    Synced,
+    /// Once its batch has committed, without waiting for the disk: the write is
+    /// in the database and survives the process being killed (the WAL is in the
+    /// operating system's hands), and reaches the disk with the next synced
+    /// commit or at most [`Options::sync_window`] later. Power loss within that
+    /// window may lose it. For records of something that changed nothing, such
+    /// as the log of a read-only tool call; a batch holding one synced write
+    /// syncs all of it.
+    Committed,
+}
 
 /// The database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +135,8 @@ pub struct Options {
     /// The longest a batch waits for writes announced to [`Followers`] before
     /// it commits without them.
     pub linger: Duration,
+    /// The longest a [`Durability::Committed`] write waits to reach the disk.
+    pub sync_window: Duration,
 }
 
 impl Options {
@@ -120,6 +147,7 @@ impl Options {
             max_connections: 8,
             max_batch: 256,
             linger: Duration::from_millis(1),
+            sync_window: Duration::from_millis(10),
         }
     }
 }
@@ -134,6 +162,7 @@ pub struct Store {
     stop: Arc<Notify>,
     tail: commit::TailSlot,
     followers: Followers,
+    wal_syncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -175,6 +204,7 @@ impl Store {
         let stop = Arc::new(Notify::new());
         let tail = commit::TailSlot::default();
         let followers = Followers::default();
+        let wal_syncs = Arc::default();
         let (writes, committed) = commit::start(
             &opts,
             writer_connect,
@@ -182,6 +212,7 @@ impl Store {
             stop.clone(),
             tail.clone(),
             followers.clone(),
+            Arc::clone(&wal_syncs),
         )?;
         Ok(Store {
             pool,
@@ -191,6 +222,7 @@ impl Store {
             stop,
             tail,
             followers,
+            wal_syncs,
         })
     }
 
@@ -231,7 +263,17 @@ impl Store {
         E: From<Error> + Send + 'static,
         F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, T, E> + Send + 'static,
     {
-        commit::enqueue(&self.writes, move |c| {
+        self.write_queued_as(Durability::Synced, f).await
+    }
+
+    /// Like [`Store::write_queued`], acknowledged as `durability` says.
+    pub async fn write_queued_as<T, E, F>(&self, durability: Durability, f: F) -> Result<Queued<T, E>, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, T, E> + Send + 'static,
+    {
+        commit::enqueue(&self.writes, durability, move |c| {
             Box::pin(async move { f(c).await.map(|out| (out, Vec::new())) })
         })
         .await
@@ -246,7 +288,17 @@ impl Store {
         E: From<Error> + Send + 'static,
         F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
     {
-        commit::submit(&self.writes, f).await
+        self.write_logged_as(Durability::Synced, f).await
+    }
+
+    /// Like [`Store::write_logged`], acknowledged as `durability` says.
+    pub async fn write_logged_as<T, E, F>(&self, durability: Durability, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> WriteFuture<'c, (T, Vec<TailItem>), E> + Send + 'static,
+    {
+        commit::enqueue(&self.writes, durability, f).await?.await
     }
 
     /// Registers what writes the rows left by [`Store::write_logged`]. The first
@@ -259,6 +311,12 @@ impl Store {
     /// [`Followers`]), so that both commit in one batch.
     pub fn followers(&self) -> &Followers {
         &self.followers
+    }
+
+    /// How many times the writer has synced SQLite's WAL to disk (always 0 on
+    /// PostgreSQL, which syncs its own log).
+    pub fn wal_syncs(&self) -> u64 {
+        self.wal_syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A receiver that changes after every commit (for tailing the event log).

@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::Row;
 use strata_core::{Error, ErrorCode, Result};
 use strata_store::Conn as Tx;
-use strata_store::{Params, Store};
+use strata_store::{Durability, Params, Store};
 
 use crate::call::{CallRecord, ListCalls};
 use crate::catalog::ToolDef;
@@ -461,8 +461,9 @@ static INSERT_CALL: LazyLock<String> = LazyLock::new(|| {
 /// the `call` module doc for why nobody waits for it). A failure is logged.
 pub(crate) async fn queue_call(store: &Store, r: CallRecord, at: i64) {
     let id = r.id.clone();
+    // Its durability is the kernel's outcome write's, queued after it.
     let queued = store
-        .write_queued(move |c: &mut Tx| {
+        .write_queued_as(Durability::Committed, move |c: &mut Tx| {
             Box::pin(async move {
                 let done = sqlx::query(sqlx::AssertSqlSafe(INSERT_CALL.as_str()))
                     .bind(&r.id)

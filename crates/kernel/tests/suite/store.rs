@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use sqlx::Row;
-use strata_store::{Backend, Migration, Options, Store};
+use strata_store::{Backend, Durability, Migration, Options, Store};
 
 use super::harness::Harness;
 
@@ -417,6 +417,96 @@ async fn a_follower_that_never_comes_delays_a_commit_only_briefly(b: Backend) {
     insert_following(&store, "after".into(), 0, None).await.unwrap();
 }
 
+/// Inserts `k` as a write acknowledged as `durability` says.
+async fn insert_as(store: &Store, durability: Durability, k: &str, v: i64) {
+    let k = k.to_string();
+    store
+        .write_queued_as(durability, move |c| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, $2)")
+                    .bind(&k)
+                    .bind(v)
+                    .execute(&mut *c)
+                    .await?;
+                Ok::<_, strata_store::Error>(())
+            })
+        })
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn read(store: &Store, k: &str) -> Option<i64> {
+    sqlx::query("SELECT v FROM scratch WHERE k = $1")
+        .bind(k)
+        .fetch_optional(store.pool())
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+async fn a_committed_write_is_answered_before_the_disk_and_synced_within_the_window(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = strata_store::testing::fresh_url(b, dir.path()).await.unwrap();
+    let window = std::time::Duration::from_millis(300);
+    let opts = Options {
+        sync_window: window,
+        ..Options::new(&url)
+    };
+    let store = Store::open(opts, &[SCRATCH]).await.unwrap();
+
+    // A synced write (the default) is on disk before it is answered.
+    let before = store.wal_syncs();
+    insert_as(&store, Durability::Synced, "synced", 1).await;
+    if b == Backend::Sqlite {
+        assert_eq!(
+            store.wal_syncs(),
+            before + 1,
+            "a synced write was answered before its sync"
+        );
+    }
+
+    // A committed write is answered at its commit: readable, not yet synced.
+    let before = store.wal_syncs();
+    let answered = std::time::Instant::now();
+    insert_as(&store, Durability::Committed, "committed", 2).await;
+    assert_eq!(read(&store, "committed").await, Some(2));
+    if b == Backend::Sqlite {
+        assert_eq!(store.wal_syncs(), before, "a committed write waited for a sync");
+        // ...and the writer syncs it once the window has passed, idle as it is.
+        while store.wal_syncs() == before {
+            assert!(
+                answered.elapsed() < window * 10,
+                "a committed write was not synced within {:?}",
+                answered.elapsed()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            answered.elapsed() >= window / 2,
+            "synced after {:?}, before its window",
+            answered.elapsed()
+        );
+
+        // A synced write syncs what committed writes left before it, at once.
+        insert_as(&store, Durability::Committed, "committed-2", 3).await;
+        let before = store.wal_syncs();
+        insert_as(&store, Durability::Synced, "synced-2", 4).await;
+        assert_eq!(store.wal_syncs(), before + 1);
+    } else {
+        assert_eq!(store.wal_syncs(), 0, "PostgreSQL syncs its own log");
+    }
+
+    // Closing the store loses none of it.
+    insert_as(&store, Durability::Committed, "last", 5).await;
+    store.close().await;
+    let again = Store::open(Options::new(&url), &[SCRATCH]).await.unwrap();
+    for (k, v) in [("synced", 1), ("committed", 2), ("last", 5)] {
+        assert_eq!(read(&again, k).await, Some(v), "{k} was lost");
+    }
+}
+
 async fn the_kernel_store_opens_on_this_backend(b: Backend) {
     let h = Harness::new(b).await;
     h.store().ping().await.unwrap();
@@ -435,4 +525,5 @@ crate::on_both_backends!(
     an_announced_follower_commits_in_its_announcers_batch,
     a_follower_that_never_comes_delays_a_commit_only_briefly,
     the_kernel_store_opens_on_this_backend,
+    a_committed_write_is_answered_before_the_disk_and_synced_within_the_window,
 );
