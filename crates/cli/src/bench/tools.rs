@@ -98,7 +98,8 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.context("registering the server-everything connection")),
     }
     // Its upstream marks `echo` read-only, so the kernel records no intent
-    // before a call: one commit on the call's path, not two.
+    // before a call: one commit on the call's path, not two, which the answer
+    // does not wait to reach the disk (the store syncs it within 10 ms).
     let listed = admin
         .get(&format!("/v1/tools?connection={CONNECTION}&query=echo"))
         .await?;
@@ -111,7 +112,7 @@ pub(crate) async fn run(args: ToolsArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "  {CONNECTION}.echo is {}",
             if read_only {
-                "read-only: no intent before a call, one commit after it"
+                "read-only: no intent before a call, one commit after it, answered without waiting for its sync"
             } else {
                 "not read-only: an intent commits before a call, the outcome after it"
             }
