@@ -69,6 +69,12 @@ pub(crate) struct ServeArgs {
     /// connection sets its own (bursts of twice that).
     #[arg(long, env = "STRATA_TOOL_RATE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) tool_rate: u32,
+    /// Answer a read-only tool call only once its log row and audit entry are
+    /// on disk. Without it they are committed before the answer (a crash of
+    /// the server cannot lose them) and synced within 10 ms, so only power loss
+    /// in that window can.
+    #[arg(long, env = "STRATA_SYNC_READ_ONLY_CALLS")]
+    pub(crate) sync_read_only_calls: bool,
 }
 
 impl ServeArgs {
@@ -91,6 +97,7 @@ impl ServeArgs {
             sandbox_idle_stop: None,
             tool_agent_rate: 100,
             tool_rate: 500,
+            sync_read_only_calls: false,
         }
     }
 }
@@ -185,6 +192,7 @@ pub(crate) async fn start(args: &ServeArgs) -> anyhow::Result<(Running, Server)>
     let mut config = Config::new(master_key);
     config.tools.agent_rate = burst_of_two_seconds(args.tool_agent_rate);
     config.tools.tool_rate = burst_of_two_seconds(args.tool_rate);
+    config.tools.sync_read_only_calls = args.sync_read_only_calls;
     let models = args.models_dir.clone().unwrap_or_else(|| dir.join("models"));
     config.memory.embedder = strata_memory::builtin_embedder(&models);
     if let Some(e) = &config.memory.embedder {

@@ -133,6 +133,9 @@ struct Inner {
     tokens: auth::TokenCache,
     labels: auth::LabelCache,
     capabilities: auth::CapabilityCache,
+    /// Whether a read-only tool call's records are synced before its answer
+    /// (`strata_tools::Config::sync_read_only_calls`).
+    sync_read_only_calls: bool,
     instance: intents::Instance,
     metrics: metrics::Metrics,
     fleet: fleet::Fleet,
@@ -145,6 +148,7 @@ impl Kernel {
         let registry = syscalls::registry();
         store.set_tail(Arc::new(pipeline::Logs));
         let metrics = metrics::Metrics::new(&registry);
+        let sync_read_only_calls = config.tools.sync_read_only_calls;
         let mut tools_config = config.tools;
         tools_config.master_key = config.master_key.clone();
         tools_config.clock = config.clock.clone();
@@ -181,6 +185,7 @@ impl Kernel {
                 tokens: auth::TokenCache::default(),
                 labels: auth::LabelCache::default(),
                 capabilities: auth::CapabilityCache::default(),
+                sync_read_only_calls,
                 instance: intents::Instance::default(),
                 metrics,
             }),

@@ -433,8 +433,9 @@ impl Kernel {
         // A call with no intent changed nothing (a read-only tool, no key): its
         // answer is not a write, so its record need not reach the disk before
         // it. It is committed first all the same, so a crash of this process
-        // cannot lose it; power loss within the store's sync window can.
-        let durability = if intent {
+        // cannot lose it; power loss within the store's sync window can
+        // (unless the operator asks for read-only calls to be synced too).
+        let durability = if intent || self.inner.sync_read_only_calls {
             Durability::Synced
         } else {
             Durability::Committed

@@ -106,6 +106,12 @@ pub struct Config {
     pub breaker_cooldown: Duration,
     /// How long starting an upstream (spawn + initialize, or fetching a document) may take.
     pub connect_timeout: Duration,
+    /// Whether a call to a read-only tool waits for its log row and audit entry
+    /// to reach the disk before it is answered. Off by default: they are
+    /// committed before the answer (a crash of the server cannot lose them)
+    /// and synced within the store's sync window (10 ms), so only power loss
+    /// in that window can.
+    pub sync_read_only_calls: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -138,6 +144,7 @@ impl Config {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
+            sync_read_only_calls: false,
         }
     }
 }

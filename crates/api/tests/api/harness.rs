@@ -235,12 +235,29 @@ impl App {
     }
 
     async fn in_dir(dir: TempDir, options: strata_api::Options, configure: impl FnOnce(&mut Config)) -> App {
-        let store = strata_store::Store::open(
-            strata_store::Options::new(strata_store::sqlite_url(dir.path())),
-            MIGRATIONS,
-        )
-        .await
-        .expect("the store opens");
+        App::in_dir_with_store(dir, |_| {}, options, configure).await
+    }
+
+    /// A fresh app whose store is opened with options `store` adjusts.
+    pub(crate) async fn with_store(
+        store: impl FnOnce(&mut strata_store::Options),
+        configure: impl FnOnce(&mut Config),
+    ) -> App {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        App::in_dir_with_store(dir, store, strata_api::Options::default(), configure).await
+    }
+
+    async fn in_dir_with_store(
+        dir: TempDir,
+        store: impl FnOnce(&mut strata_store::Options),
+        options: strata_api::Options,
+        configure: impl FnOnce(&mut Config),
+    ) -> App {
+        let mut store_options = strata_store::Options::new(strata_store::sqlite_url(dir.path()));
+        store(&mut store_options);
+        let store = strata_store::Store::open(store_options, MIGRATIONS)
+            .await
+            .expect("the store opens");
         let clock = Arc::new(ManualClock::new(START_MS));
         let mut config = Config::new(MasterKey::generate());
         config.clock = clock.clone();

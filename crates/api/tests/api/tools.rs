@@ -587,6 +587,44 @@ async fn a_read_only_tool_records_no_intent_yet_is_audited_and_logged() {
     assert!(pending().await.is_empty());
 }
 
+/// Calls `h.count` (read-only by the connection) `n` times; for each call,
+/// how many WAL syncs the store made between its request and its answer.
+async fn syncs_per_read_only_call(app: &App, n: usize) -> Vec<u64> {
+    let mut spec = hostile("h", json!({"read_only": ["count"]}));
+    spec["upstream"]["env"] = json!({});
+    connect(app, &spec).await;
+    let mut syncs = Vec::new();
+    for _ in 0..n {
+        let before = app.kernel.store().wal_syncs();
+        app.post("/v1/tools/h.count/call", &app.admin, &json!({"arguments": {}}))
+            .await
+            .expect(200);
+        syncs.push(app.kernel.store().wal_syncs() - before);
+    }
+    // Answered or not, every call is logged.
+    let calls = app.get("/v1/tool-calls?tool=h.count", &app.admin).await.json();
+    assert_eq!(calls["items"].as_array().map(Vec::len), Some(n), "{calls}");
+    syncs
+}
+
+#[tokio::test]
+async fn a_read_only_call_is_answered_before_its_sync_unless_the_operator_asks_for_it() {
+    // A sync window longer than the test: a sync it sees was made for a call.
+    let long = |o: &mut strata_store::Options| o.sync_window = std::time::Duration::from_secs(3600);
+    let lazy = App::with_store(long, |_| {}).await;
+    assert_eq!(
+        syncs_per_read_only_call(&lazy, 5).await,
+        vec![0; 5],
+        "a read-only call waited for the disk"
+    );
+    let strict = App::with_store(long, |c| c.tools.sync_read_only_calls = true).await;
+    let syncs = syncs_per_read_only_call(&strict, 5).await;
+    assert!(
+        syncs.iter().all(|&n| n >= 1),
+        "with sync_read_only_calls, a call was answered before its sync: {syncs:?}"
+    );
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_upstream_answers_are_502s() {
     let app = App::new().await;
