@@ -574,10 +574,18 @@ async fn a_read_only_tool_records_no_intent_yet_is_audited_and_logged() {
     assert_eq!(entry["outcome"], "upstream_timeout");
     let calls = app.get("/v1/tool-calls", &app.admin).await.json();
     assert_eq!(calls["items"][0]["status"], "upstream_timeout", "{calls}");
-    // With a key, an intent holds the key's claim while the call runs.
+    // With a key, an intent holds the key's claim while the call runs. (The
+    // upstream is still asleep on the first call, so this one may time out
+    // before the upstream reads it: watch the intents, not the count file.)
     let second = stalled(Some("ro-1"));
-    seen_calls(counts.path(), 2).await;
-    let held = pending().await;
+    let mut held = pending().await;
+    for _ in 0..100 {
+        if !held.is_empty() || second.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        held = pending().await;
+    }
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].syscall, "tool.call");
     second
