@@ -260,7 +260,7 @@ impl Writer {
                 }
             };
             if n == 0 {
-                if wal.due(self.sync_window).is_some()
+                if wal.unsynced()
                     && let Err(e) = wal.sync()
                 {
                     tracing::error!(error = %e, "syncing the WAL before stopping failed");
@@ -291,10 +291,7 @@ impl Writer {
                     // Under a steady stream of such batches the writer is never
                     // idle long enough for the timer above: sync behind them.
                     wal.committed_unsynced();
-                    if wal
-                        .due(self.sync_window)
-                        .is_some_and(|t| t <= tokio::time::Instant::now())
-                    {
+                    if wal.overdue(self.sync_window) {
                         wal.sync_behind();
                     }
                     Ok(finishes)
@@ -406,6 +403,16 @@ impl Wal {
     /// When what is committed but not synced must be synced.
     fn due(&self, window: Duration) -> Option<tokio::time::Instant> {
         self.unsynced_since.map(|t| t + window)
+    }
+
+    /// Whether something committed is not synced yet.
+    fn unsynced(&self) -> bool {
+        self.unsynced_since.is_some()
+    }
+
+    /// Whether something committed has waited for its sync for `window` already.
+    fn overdue(&self, window: Duration) -> bool {
+        self.due(window).is_some_and(|t| t <= tokio::time::Instant::now())
     }
 
     /// The writer's connection closed: the file may go with it.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use sqlx::Row;
-use strata_store::{Backend, Durability, Migration, Options, Store};
+use strata_store::{Backend, Durability, Migration, Options, Queued, Store};
 
 use super::harness::Harness;
 
@@ -157,20 +157,7 @@ async fn a_queued_write_commits_no_later_than_a_write_queued_after_it(b: Backend
         // for: once it is acknowledged, every earlier one must be readable.
         let mut queued = Vec::new();
         for i in 0..5i64 {
-            let k = format!("q{round}-{i}");
-            let q = store
-                .write_queued(move |c| {
-                    Box::pin(async move {
-                        sqlx::query("INSERT INTO scratch (k, v) VALUES ($1, $2)")
-                            .bind(&k)
-                            .bind(i)
-                            .execute(&mut *c)
-                            .await?;
-                        Ok::<_, strata_store::Error>(())
-                    })
-                })
-                .await
-                .unwrap();
+            let q = queue_insert(&store, Durability::Synced, &format!("q{round}-{i}"), i).await;
             queued.push(q);
         }
         insert(&store, format!("after-{round}"), round).await.unwrap();
@@ -418,7 +405,13 @@ async fn a_follower_that_never_comes_delays_a_commit_only_briefly(b: Backend) {
 }
 
 /// Inserts `k` as a write acknowledged as `durability` says.
-async fn insert_as(store: &Store, durability: Durability, k: &str, v: i64) {
+/// Queues an insert into `scratch`, acknowledged as `durability` says.
+async fn queue_insert(
+    store: &Store,
+    durability: Durability,
+    k: &str,
+    v: i64,
+) -> Queued<(), strata_store::Error> {
     let k = k.to_string();
     store
         .write_queued_as(durability, move |c| {
@@ -433,8 +426,10 @@ async fn insert_as(store: &Store, durability: Durability, k: &str, v: i64) {
         })
         .await
         .unwrap()
-        .await
-        .unwrap();
+}
+
+async fn insert_as(store: &Store, durability: Durability, k: &str, v: i64) {
+    queue_insert(store, durability, k, v).await.await.unwrap();
 }
 
 async fn read(store: &Store, k: &str) -> Option<i64> {
