@@ -121,6 +121,30 @@ async fn a_sync_on_demand_reports_no_change_for_an_unchanged_server(b: Backend) 
     assert_eq!(e.error.code, ErrorCode::NotFound);
 }
 
+async fn concurrent_calls_on_one_stdio_session_each_get_their_own_reply(b: Backend) {
+    let g = Gateway::new(b).await;
+    g.connect(everything("ev", json!({}))).await;
+    let me = Caller::Operator;
+    // Replies come back on one pipe in whatever order the upstream finishes;
+    // each must reach the call that asked, while a re-sync (rmcp's own
+    // request on the same pipes) runs among them.
+    let calls = (0..24).map(|i| {
+        let g = &g;
+        let me = &me;
+        async move {
+            let message = format!("message {i} of 24");
+            let out = g.call(me, "ev.echo", json!({"message": message})).await.unwrap();
+            (message, text_of(&out.result))
+        }
+    });
+    let (replies, report) = tokio::join!(futures::future::join_all(calls), g.tools.sync_connection("ev"));
+    for (message, text) in replies {
+        assert!(text.ends_with(&message), "asked for {message:?}, got {text:?}");
+    }
+    assert!(report.unwrap().changed.is_empty());
+    g.tools.shutdown().await;
+}
+
 async fn filesystem_server_reads_only_inside_its_root(b: Backend) {
     let g = Gateway::new(b).await;
     let root = tempfile::tempdir().unwrap();
@@ -261,6 +285,7 @@ on_both_backends!(
     a_tools_list_changed_notification_resyncs_the_catalog,
     stdio_server_tools_are_namespaced_listed_and_called,
     a_sync_on_demand_reports_no_change_for_an_unchanged_server,
+    concurrent_calls_on_one_stdio_session_each_get_their_own_reply,
     filesystem_server_reads_only_inside_its_root,
     streamable_http_server_tools_are_called,
     an_upstream_that_cannot_start_is_refused_at_registration,
