@@ -100,7 +100,7 @@ impl Calls {
         Some((id, rx))
     }
 
-    /// Stops waiting for call `id` (it timed out or could not be sent).
+    /// Stops waiting for call `id` (if its reply has not come yet).
     fn forget(&self, id: &str) {
         self.waiting
             .lock()
@@ -386,17 +386,18 @@ impl Session {
         let Some((id, reply)) = direct.calls.expect() else {
             return Err(self.ended());
         };
+        // However this call ends (answered, timed out, or dropped by its
+        // caller), it stops waiting.
+        let _waiting = Forget(&direct.calls, &id);
         let request = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
             "params": {"name": tool, "arguments": arguments}});
         if let Err(e) = write_line(&direct.stdin, &request).await {
-            direct.calls.forget(&id);
             return Err(Fault::Unreachable(format!("cannot write to the upstream: {e}")));
         }
         let reply = match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => return Err(self.ended()),
             Err(_) => {
-                direct.calls.forget(&id);
                 // As rmcp does for a call it drops: tell the upstream to stop.
                 let cancel = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                     "params": {"requestId": id, "reason": "timed out"}});
@@ -496,6 +497,15 @@ struct LineTransport {
 impl Drop for LineTransport {
     fn drop(&mut self) {
         self.calls.end();
+    }
+}
+
+/// Forgets a call when dropped.
+struct Forget<'a>(&'a Calls, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
     }
 }
 
