@@ -404,7 +404,6 @@ async fn a_follower_that_never_comes_delays_a_commit_only_briefly(b: Backend) {
     insert_following(&store, "after".into(), 0, None).await.unwrap();
 }
 
-/// Inserts `k` as a write acknowledged as `durability` says.
 /// Queues an insert into `scratch`, acknowledged as `durability` says.
 async fn queue_insert(
     store: &Store,
@@ -428,6 +427,7 @@ async fn queue_insert(
         .unwrap()
 }
 
+/// Inserts `k` as a write acknowledged as `durability` says.
 async fn insert_as(store: &Store, durability: Durability, k: &str, v: i64) {
     queue_insert(store, durability, k, v).await.await.unwrap();
 }
