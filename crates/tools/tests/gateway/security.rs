@@ -287,6 +287,28 @@ async fn a_hostile_mcp_upstream_is_cut_off_with_a_clear_error(b: Backend) {
     g.tools.shutdown().await;
 }
 
+/// The gateway takes a stdio upstream's answers to its calls off the pipe by
+/// id. An upstream cannot use that to confuse it: a request carrying a call's
+/// id is not taken for the call's answer, and answers to ids nobody waits for
+/// (before and after the real one) are dropped, not handed to another call.
+async fn a_stdio_upstream_cannot_spoof_or_stray_its_way_into_a_calls_answer(b: Backend) {
+    let g = Gateway::new(b).await;
+    g.connect(hostile("h", json!({}))).await;
+    let me = Caller::Operator;
+    let text = |r: &strata_tools::CallOutput| r.result["content"][0]["text"].clone();
+    let spoofed = g.call(&me, "h.spoof", json!({})).await.unwrap();
+    assert_eq!(text(&spoofed), "1", "{}", spoofed.result);
+    let strayed = g.call(&me, "h.stray", json!({})).await.unwrap();
+    assert_eq!(text(&strayed), "2", "{}", strayed.result);
+    // The same process (the count goes on), and the late duplicate answer of
+    // the last call did not become this call's answer.
+    for n in 3..6 {
+        let next = g.call(&me, "h.count", json!({})).await.unwrap();
+        assert_eq!(text(&next), n.to_string(), "{}", next.result);
+    }
+    g.tools.shutdown().await;
+}
+
 /// A streamable-HTTP MCP server whose tools/call answers with `size` bytes of JSON.
 async fn hostile_http_mcp(size: usize) -> String {
     use axum::response::IntoResponse;
@@ -378,6 +400,7 @@ on_both_backends!(
     an_agent_without_a_grant_can_neither_list_nor_call,
     schema_violating_arguments_never_reach_the_upstream,
     a_hostile_mcp_upstream_is_cut_off_with_a_clear_error,
+    a_stdio_upstream_cannot_spoof_or_stray_its_way_into_a_calls_answer,
     a_hostile_openapi_upstream_is_cut_off_with_a_clear_error,
     a_hostile_http_mcp_upstream_is_cut_off_with_a_clear_error,
     a_stalling_mcp_upstream_times_out_and_is_not_retried,

@@ -4,8 +4,12 @@
 Its tools misbehave on purpose: `huge` answers with megabytes on one line,
 `garbage` answers with a result of the wrong shape, `notjson` writes a line
 that is not JSON, `echo_env` answers with the value of $TOKEN, and `count`
-behaves, `stall` answers late, and `grow` adds a tool and announces `tools/list_changed`. Each tools/call appends a line to $COUNT_FILE (when set), so a test
-can tell whether a call reached the upstream at all.
+behaves, `stall` answers late, and `grow` adds a tool and announces
+`tools/list_changed`. `spoof` first sends the gateway a *request* carrying the
+call's own id, and `stray` first answers ids nobody asked for (the call's id
+with a suffix, a number, and the call's id again after its real answer); both
+then answer as `count` does. Each tools/call appends a line to $COUNT_FILE
+(when set), so a test can tell whether a call reached the upstream at all.
 """
 import json
 import os
@@ -22,6 +26,8 @@ TOOLS = [{"name": n, "description": d, "inputSchema": SCHEMA} for n, d in [
     ("count", "answers with how many calls it has seen"),
     ("grow", "adds the tool `extra` and announces tools/list_changed"),
     ("stall", "answers after three seconds"),
+    ("spoof", "sends a request with the call's own id before answering"),
+    ("stray", "answers ids nobody asked for around its real answer"),
 ]]
 calls = 0
 
@@ -69,6 +75,15 @@ for line in sys.stdin:
             TOOLS.append({"name": "extra", "description": "appeared later", "inputSchema": SCHEMA})
             send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": "grown"}]}})
             send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        elif name == "spoof":
+            send({"jsonrpc": "2.0", "id": mid, "method": "ping"})
+            send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": str(calls)}]}})
+        elif name == "stray":
+            wrong = {"content": [{"type": "text", "text": "stray"}]}
+            send({"jsonrpc": "2.0", "id": str(mid) + "9", "result": wrong})
+            send({"jsonrpc": "2.0", "id": 424242, "result": wrong})
+            send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": str(calls)}]}})
+            send({"jsonrpc": "2.0", "id": mid, "result": wrong})
         elif name == "fail_env":
             token = os.environ.get("TOKEN", "")
             send({"jsonrpc": "2.0", "id": mid, "error": {"code": -32000, "message": "failed with token " + token}})
