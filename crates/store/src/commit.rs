@@ -27,6 +27,11 @@
 //! from a crash of the process, and the next synced commit (every sync covers
 //! all that was committed before it) or, at the latest, a sync
 //! `sync_window` after it puts it on disk.
+//!
+//! **Checkpoints.** A thread beside the writer checkpoints SQLite's WAL when a
+//! commit leaves it past 1,000 pages, so writes do not wait for a checkpoint's
+//! two syncs; the writer checkpoints itself only if steady commits keep the log
+//! from starting again until it passes 8,000 (see [`crate::checkpoint`]).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -42,6 +47,7 @@ use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, Connection, Executor};
 
 use crate::Conn;
+use crate::checkpoint::{self, Checkpointer};
 use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -120,18 +126,20 @@ pub(crate) fn start(
     stop: Arc<Notify>,
     tail: TailSlot,
     followers: Followers,
-    syncs: Arc<AtomicU64>,
+    counts: Arc<WalCounts>,
 ) -> Result<(mpsc::Sender<Job>, watch::Receiver<u64>), Error> {
     let (tx, rx) = mpsc::channel(4096);
     let (committed_tx, committed_rx) = watch::channel(0);
-    let wal = match backend {
+    let (wal, checkpointer) = match backend {
         Backend::Sqlite => {
             let file = sqlx::sqlite::SqliteConnectOptions::from_str(&opts.url)?;
             let mut path = file.get_filename().as_os_str().to_os_string();
             path.push("-wal");
-            Some(PathBuf::from(path))
+            let checkpointer = Checkpointer::start(file.get_filename().to_path_buf(), counts.clone())
+                .map_err(sqlx::Error::Io)?;
+            (Some(PathBuf::from(path)), Some(checkpointer))
         }
-        Backend::Postgres => None,
+        Backend::Postgres => (None, None),
     };
     let w = Writer {
         url: opts.url.clone(),
@@ -141,7 +149,8 @@ pub(crate) fn start(
         linger: opts.linger,
         sync_window: opts.sync_window,
         wal,
-        syncs,
+        counts,
+        checkpointer,
         tail,
         followers,
     };
@@ -212,6 +221,15 @@ where
     Ok(Queued(rx))
 }
 
+/// What has been done to SQLite's WAL (all 0 on PostgreSQL).
+#[derive(Debug, Default)]
+pub(crate) struct WalCounts {
+    /// Syncs completed, by the writer or behind it.
+    pub(crate) syncs: AtomicU64,
+    /// Checkpoints completed by the [`Checkpointer`].
+    pub(crate) checkpoints: AtomicU64,
+}
+
 struct Writer {
     /// The store's URL (the SQLite writer opens the file it names).
     url: String,
@@ -224,8 +242,11 @@ struct Writer {
     sync_window: Duration,
     /// SQLite's write-ahead log, which the writer syncs itself; `None` on PostgreSQL.
     wal: Option<PathBuf>,
-    /// Syncs of the WAL completed, for [`crate::Store::wal_syncs`].
-    syncs: Arc<AtomicU64>,
+    /// What was done to the WAL, for [`crate::Store::wal_syncs`] and
+    /// [`crate::Store::wal_checkpoints`].
+    counts: Arc<WalCounts>,
+    /// Checkpoints SQLite's WAL beside the writer; `None` on PostgreSQL.
+    checkpointer: Option<Checkpointer>,
     tail: TailSlot,
     followers: Followers,
 }
@@ -236,7 +257,11 @@ impl Writer {
         match self.backend {
             Backend::Sqlite => {
                 let file = sqlx::sqlite::SqliteConnectOptions::from_str(&self.url)?;
-                Conn::open_sqlite(file.get_filename(), crate::SQLITE_WRITER_PRAGMAS)
+                let conn = Conn::open_sqlite(file.get_filename(), crate::SQLITE_WRITER_PRAGMAS)?;
+                if let Conn::Lite(db) = &conn {
+                    checkpoint::watch(db);
+                }
+                Ok(conn)
             }
             Backend::Postgres => Ok(Conn::Any(AnyConnection::connect_with(&self.connect).await?)),
         }
@@ -245,7 +270,7 @@ impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Job>, committed: watch::Sender<u64>, stop: Arc<Notify>) {
         let max_batch = self.max_batch;
         let mut conn: Option<Conn> = None;
-        let mut wal = Wal::new(self.wal.clone(), self.syncs.clone());
+        let mut wal = Wal::new(self.wal.clone(), self.counts.clone());
         let mut batch = Vec::with_capacity(max_batch);
         loop {
             // A batch in progress always finishes; the stop signal is seen between batches.
@@ -300,6 +325,9 @@ impl Writer {
             };
             match ran {
                 Ok(finishes) => {
+                    if let (Some(cp), Conn::Lite(db)) = (&self.checkpointer, &c) {
+                        cp.committed(db);
+                    }
                     // Counted before anyone is answered: a writer who has its
                     // answer sees its batch in the count.
                     committed.send_modify(|n| *n += 1);
@@ -336,7 +364,7 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
 struct Wal {
     path: Option<PathBuf>,
     /// Syncs completed.
-    syncs: Arc<AtomicU64>,
+    counts: Arc<WalCounts>,
     /// Opened after a commit on the writer's current connection, which keeps the
     /// file in place (SQLite deletes it only when its last connection closes).
     file: Option<Arc<std::fs::File>>,
@@ -345,10 +373,10 @@ struct Wal {
 }
 
 impl Wal {
-    fn new(path: Option<PathBuf>, syncs: Arc<AtomicU64>) -> Wal {
+    fn new(path: Option<PathBuf>, counts: Arc<WalCounts>) -> Wal {
         Wal {
             path,
-            syncs,
+            counts,
             file: None,
             unsynced_since: None,
         }
@@ -369,7 +397,7 @@ impl Wal {
     fn sync(&mut self) -> std::io::Result<()> {
         if let Some(f) = self.file()? {
             f.sync_data()?;
-            self.syncs.fetch_add(1, Ordering::Relaxed);
+            self.counts.syncs.fetch_add(1, Ordering::Relaxed);
         }
         self.unsynced_since = None;
         Ok(())
@@ -381,10 +409,10 @@ impl Wal {
         self.unsynced_since = None;
         match self.file() {
             Ok(Some(f)) => {
-                let syncs = self.syncs.clone();
+                let counts = self.counts.clone();
                 tokio::task::spawn_blocking(move || match f.sync_data() {
                     Ok(()) => {
-                        syncs.fetch_add(1, Ordering::Relaxed);
+                        counts.syncs.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => tracing::error!(error = %e, "syncing the WAL failed"),
                 });

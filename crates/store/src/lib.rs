@@ -12,6 +12,7 @@
 //! portable types (`TEXT`, `BIGINT`, `BOOLEAN`); where the dialects differ a
 //! migration carries both texts.
 
+mod checkpoint;
 mod commit;
 mod conn;
 pub mod event;
@@ -162,7 +163,7 @@ pub struct Store {
     stop: Arc<Notify>,
     tail: commit::TailSlot,
     followers: Followers,
-    wal_syncs: Arc<std::sync::atomic::AtomicU64>,
+    wal: Arc<commit::WalCounts>,
 }
 
 impl std::fmt::Debug for Store {
@@ -204,7 +205,7 @@ impl Store {
         let stop = Arc::new(Notify::new());
         let tail = commit::TailSlot::default();
         let followers = Followers::default();
-        let wal_syncs = Arc::default();
+        let wal = Arc::<commit::WalCounts>::default();
         let (writes, committed) = commit::start(
             &opts,
             writer_connect,
@@ -212,7 +213,7 @@ impl Store {
             stop.clone(),
             tail.clone(),
             followers.clone(),
-            Arc::clone(&wal_syncs),
+            Arc::clone(&wal),
         )?;
         Ok(Store {
             pool,
@@ -222,7 +223,7 @@ impl Store {
             stop,
             tail,
             followers,
-            wal_syncs,
+            wal,
         })
     }
 
@@ -316,7 +317,13 @@ impl Store {
     /// How many times the writer has synced SQLite's WAL to disk (always 0 on
     /// PostgreSQL, which syncs its own log).
     pub fn wal_syncs(&self) -> u64 {
-        self.wal_syncs.load(std::sync::atomic::Ordering::Relaxed)
+        self.wal.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many checkpoints of SQLite's WAL have run beside the writer (always
+    /// 0 on PostgreSQL).
+    pub fn wal_checkpoints(&self) -> u64 {
+        self.wal.checkpoints.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A receiver that changes after every commit (for tailing the event log).

@@ -502,6 +502,59 @@ async fn a_committed_write_is_answered_before_the_disk_and_synced_within_the_win
     }
 }
 
+/// SQLite's WAL is checkpointed beside the writer, and it stays bounded under
+/// steady writes that leave the log no quiet moment to start again: without
+/// checkpoints these would take it past 100 MB; the writer checkpoints itself
+/// once it passes 8,000 pages (about 33 MB). Nothing committed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = open(Backend::Sqlite, dir.path()).await;
+    // `fresh_url` puts SQLite's file in `dir`, as `strata.db`.
+    let wal = dir.path().join("strata.db-wal");
+    // Each write its own commit, about four pages of log each (the row's page
+    // and its 2 KiB value spilling over, the key's index).
+    let value = "v".repeat(2048);
+    for i in 0..6000 {
+        let (k, value) = (format!("k{i:05}"), value.clone());
+        store
+            .write_queued_as(Durability::Committed, move |c| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO typed (k, t) VALUES ($1, $2)")
+                        .bind(&k)
+                        .bind(&value)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok::<_, strata_store::Error>(())
+                })
+            })
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert!(store.wal_checkpoints() > 0, "no checkpoint ran beside the writer");
+    let size = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        size < 48 * 1024 * 1024,
+        "the WAL grew to {size} bytes: it never started again"
+    );
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM typed")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 6000);
+    store.close().await;
+    let again = Store::open(Options::new(&url), &[SCRATCH]).await.unwrap();
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM typed")
+        .fetch_one(again.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 6000, "writes were lost across a checkpoint and a reopen");
+}
+
 async fn the_kernel_store_opens_on_this_backend(b: Backend) {
     let h = Harness::new(b).await;
     h.store().ping().await.unwrap();
