@@ -325,14 +325,16 @@ impl Writer {
             };
             match ran {
                 Ok(finishes) => {
-                    if let (Some(cp), Conn::Lite(db)) = (&self.checkpointer, &c) {
-                        cp.committed(db);
-                    }
                     // Counted before anyone is answered: a writer who has its
                     // answer sees its batch in the count.
                     committed.send_modify(|n| *n += 1);
                     for f in finishes {
                         f(Ok(()));
+                    }
+                    // After the answers: a checkpoint the writer makes itself
+                    // delays only the writes queued behind it.
+                    if let (Some(cp), Conn::Lite(db)) = (&self.checkpointer, &c) {
+                        cp.committed(db);
                     }
                     conn = Some(c);
                 }
