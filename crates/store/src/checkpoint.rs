@@ -115,10 +115,6 @@ fn run(path: &std::path::Path, requests: &mpsc::Receiver<()>, counts: &WalCounts
 }
 
 fn open(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
-    use rusqlite::OpenFlags;
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let db = rusqlite::Connection::open_with_flags(path, flags)?;
     // NORMAL syncs the log before a checkpoint and the file after it.
-    db.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")?;
-    Ok(db)
+    crate::conn::open_lite(path, "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
 }

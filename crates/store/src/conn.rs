@@ -56,11 +56,8 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// Opens the SQLite database file at `path` for writing and sets `pragmas`.
     pub(crate) fn open_sqlite(path: &std::path::Path, pragmas: &str) -> Result<Conn, sqlx::Error> {
-        use rusqlite::OpenFlags;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let db = rusqlite::Connection::open_with_flags(path, flags).map_err(lite_error)?;
+        let db = open_lite(path, pragmas).map_err(lite_error)?;
         db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        db.execute_batch(pragmas).map_err(lite_error)?;
         Ok(Conn::Lite(db))
     }
 
@@ -327,6 +324,16 @@ impl DatabaseError for LiteError {
             _ => ErrorKind::Other,
         }
     }
+}
+
+/// Opens the existing SQLite database file at `path` for reading and writing,
+/// for one thread's use, and sets `pragmas`.
+pub(crate) fn open_lite(path: &std::path::Path, pragmas: &str) -> rusqlite::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let db = rusqlite::Connection::open_with_flags(path, flags)?;
+    db.execute_batch(pragmas)?;
+    Ok(db)
 }
 
 fn lite_error(e: rusqlite::Error) -> sqlx::Error {
